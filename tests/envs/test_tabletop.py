@@ -1,0 +1,186 @@
+"""Behaviour of every tabletop env id: API conformance, determinism, bad input, info."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import vla_gym
+from vla_gym.envs.language import parse_instruction
+
+TABLETOP_IDS = [env_id for env_id in vla_gym.ENV_TABLE if "Tabletop" in env_id]
+
+
+@pytest.fixture(scope="module", params=TABLETOP_IDS)
+def env(request):
+    env = gym.make(request.param)
+    yield env
+    env.close()
+
+
+@pytest.mark.parametrize("env_id", TABLETOP_IDS)
+def test_check_env(env_id):
+    env = gym.make(env_id)
+    check_env(env.unwrapped, skip_render_check=True)
+    env.close()
+
+
+@pytest.mark.parametrize("env_id", TABLETOP_IDS)
+def test_check_env_state_mode(env_id):
+    env = gym.make(env_id, obs_mode="state")
+    check_env(env.unwrapped, skip_render_check=True)
+    obs, _ = env.reset(seed=1)
+    assert set(obs) == {"instruction", "state", "objects"}
+    assert obs["objects"][:, -1].sum() >= 2  # at least two objects present
+    env.close()
+
+
+def _rollout(env_id, seed, actions, **kwargs):
+    env = gym.make(env_id, **kwargs)
+    obs, info = env.reset(seed=seed)
+    trace = [(obs["image"].tobytes(), obs["state"].tobytes(), obs["instruction"])]
+    for action in actions:
+        obs, reward, terminated, truncated, info = env.step(action)
+        trace.append((obs["image"].tobytes(), obs["state"].tobytes(), reward))
+        if terminated or truncated:
+            break
+    env.close()
+    return trace
+
+
+@pytest.mark.parametrize("env_id", TABLETOP_IDS)
+def test_seeded_determinism_bit_identical(env_id):
+    actions = np.random.default_rng(0).uniform(-1, 1, (30, 7)).astype(np.float32)
+    first = _rollout(env_id, 123, actions)
+    second = _rollout(env_id, 123, actions)
+    assert first == second
+    other = _rollout(env_id, 124, actions[:1])
+    assert other[0] != first[0]
+
+
+def test_image_observation_shape_and_content(env):
+    obs, info = env.reset(seed=3)
+    assert obs["image"].shape == (96, 96, 3) and obs["image"].dtype == np.uint8
+    assert obs["image"].std() > 5  # a real rendered scene, not a blank frame
+    assert obs["state"].shape == (20,) and obs["state"].dtype == np.float32
+    assert env.observation_space.contains(obs)
+
+
+def test_info_names_the_true_target(env):
+    for seed in range(10):
+        obs, info = env.reset(seed=seed)
+        scene = env.unwrapped.sim.layout.scene_objects()
+        parsed = parse_instruction(obs["instruction"], scene)
+        assert parsed.task == info["task"]
+        assert [o.name for o in parsed.target] == [env.unwrapped.episode.target.slot]
+        assert info["target"] == env.unwrapped.episode.target.name
+        np.testing.assert_allclose(info["target_pos"][:2], env.unwrapped.episode.target.xy,
+                                   atol=1e-3)
+        assert info["is_success"] is False
+        assert any(key.startswith("reward_") for key in info)
+
+
+@pytest.mark.parametrize("bad", [np.zeros(6), np.zeros((7, 1)), [np.nan] * 7, [np.inf] * 7])
+def test_bad_actions_raise_with_expected_shape(env, bad):
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match=r"\(7,\)|finite"):
+        env.step(bad)
+
+
+def test_out_of_range_actions_are_clipped(env):
+    env.reset(seed=0)
+    big = env.step(np.full(7, 50.0))[0]["state"]
+    env.reset(seed=0)
+    one = env.step(np.ones(7))[0]["state"]
+    np.testing.assert_array_equal(big, one)
+
+
+def test_unknown_names_list_valid_choices():
+    with pytest.raises(ValueError, match="render_quality must be one of"):
+        gym.make("vla_gym/TabletopPick-v0", render_quality="ultra")
+    with pytest.raises(ValueError, match="obs_mode must be one of"):
+        gym.make("vla_gym/TabletopPick-v0", obs_mode="depth")
+    with pytest.raises(ValueError, match="instruction_split must be one of"):
+        gym.make("vla_gym/TabletopPick-v0", instruction_split="val")
+    with pytest.raises(ValueError, match="camera must be one of"):
+        gym.make("vla_gym/TabletopPick-v0", cameras=("main", "side"))
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        gym.make("vla_gym/TabletopPick-v0", colour_mode=1)
+    env = gym.make("vla_gym/TabletopMultiTask-v0")
+    with pytest.raises(ValueError, match="valid options are"):
+        env.reset(seed=0, options={"taks": "pick"})
+    with pytest.raises(ValueError, match=r"must be one of \('pick', 'place', 'push', 'stack'\)"):
+        env.reset(seed=0, options={"task": "throw"})
+    with pytest.raises(ValueError, match="valid:"):
+        env.reset(seed=0, options={"task": "pick", "target": "golden unicorn"})
+
+
+def test_reset_options_target_and_instruction():
+    env = gym.make("vla_gym/TabletopPick-v0", num_objects=(5, 5))
+    obs, info = env.reset(seed=7)
+    scene_before = env.unwrapped.sim.layout.objects
+    others = [o for o in env.unwrapped.sim.layout.objects
+              if o.shape in ("cube", "ball", "can") and o.name != info["target"]]
+    assert others, "seed 7 should give a scene with a second pickable object"
+    obs2, info2 = env.reset(seed=7, options={"target": others[0].name})
+    assert info2["target"] == others[0].name
+    # Same scene: the counterfactual target changes, the objects do not.
+    assert env.unwrapped.sim.layout.objects == scene_before
+    obs3, info3 = env.reset(seed=7, options={"instruction": "pick up the purple thing, please!"})
+    assert obs3["instruction"] == "pick up the purple thing, please!"
+    assert info3["target"] == info["target"]
+    with pytest.raises(ValueError, match="non-empty"):
+        env.reset(seed=7, options={"instruction": "  "})
+    with pytest.raises(ValueError, match="outside the allowed set"):
+        env.reset(seed=7, options={"instruction": "pick up the cube #1"})
+
+
+def test_multitask_draws_every_family():
+    env = gym.make("vla_gym/TabletopMultiTask-v0", obs_mode="state")
+    families = {env.reset(seed=s)[1]["task"] for s in range(40)}
+    assert families == {"pick", "place", "push", "stack"}
+
+
+def test_physics_divergence_truncates_without_crash():
+    env = gym.make("vla_gym/TabletopPick-v0")
+    obs, _ = env.reset(seed=0)
+    env.unwrapped.data.qvel[:] = 1e30
+    obs2, reward, terminated, truncated, info = env.step(np.zeros(7))
+    assert truncated and not terminated and info["physics_diverged"] is True
+    assert np.isfinite(obs2["state"]).all()
+    obs3, info3 = env.reset(seed=1)
+    assert info3["physics_diverged"] is False and np.isfinite(obs3["state"]).all()
+
+
+def test_frame_skip_and_dt_exposed(env):
+    base = env.unwrapped
+    assert base.frame_skip >= 1
+    assert base.dt == pytest.approx(base.model.opt.timestep * base.frame_skip)
+    assert base.action_contract.dims[-1] == "grip"
+
+
+def test_high_quality_and_wrist_camera():
+    env = gym.make("vla_gym/TabletopPick-v0", render_quality="high", cameras=("main", "wrist"),
+                   image_size=64)
+    obs, _ = env.reset(seed=0)
+    assert obs["image"].shape == (64, 64, 3) and obs["wrist_image"].shape == (64, 64, 3)
+    assert obs["wrist_image"].std() > 1
+    env.close()
+
+
+def test_held_out_combos_only_in_test_split():
+    from vla_gym.envs.language import HELD_OUT_COMBOS
+
+    train = gym.make("vla_gym/TabletopMultiTask-v0", obs_mode="state")
+    test = gym.make("vla_gym/TabletopMultiTask-v0", obs_mode="state", instruction_split="test")
+    held_in_test = 0
+    for seed in range(30):
+        train.reset(seed=seed)
+        combos = {(o.colour, o.shape) for o in train.unwrapped.sim.layout.objects}
+        assert not combos & HELD_OUT_COMBOS
+        test.reset(seed=seed)
+        target = test.unwrapped.episode.target
+        held_in_test += (target.colour, target.shape) in HELD_OUT_COMBOS
+    assert held_in_test >= 20

@@ -1,0 +1,1 @@
+"""MJCF written by this project (robots, arenas); objects are built procedurally in code."""

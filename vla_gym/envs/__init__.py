@@ -1,0 +1,1 @@
+"""Gymnasium environments: tabletop manipulation and navigation with language."""

@@ -1,0 +1,91 @@
+"""Pieces every vla_gym env shares: argument checks, action validation, physics stepping.
+
+Kept as functions so the tabletop and navigation envs compose them instead of inheriting a
+deep base class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import mujoco
+import numpy as np
+from gymnasium import spaces
+
+from vla_gym.types import INSTRUCTION_CHARSET, MAX_INSTRUCTION_LENGTH
+
+
+def check_choice(argument: str, value: Any, choices: Iterable[Any]) -> Any:
+    """Return ``value`` if it is one of ``choices``, else raise a ValueError listing them."""
+    options = tuple(choices)
+    if value not in options:
+        raise ValueError(f"{argument} must be one of {options}, got {value!r}")
+    return value
+
+
+def check_options(options: Mapping[str, Any] | None, valid: Iterable[str]) -> dict[str, Any]:
+    """Reject unknown ``reset(options=...)`` keys by name."""
+    options = dict(options or {})
+    allowed = tuple(valid)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown reset option(s) {unknown}; valid options are {allowed}")
+    return options
+
+
+def instruction_space() -> spaces.Text:
+    return spaces.Text(
+        max_length=MAX_INSTRUCTION_LENGTH, min_length=1, charset=INSTRUCTION_CHARSET
+    )
+
+
+def check_instruction(text: Any) -> str:
+    """Validate a user-supplied instruction (reset option) against the observation space."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"instruction must be a non-empty string, got {text!r}")
+    if len(text) > MAX_INSTRUCTION_LENGTH:
+        raise ValueError(f"instruction longer than {MAX_INSTRUCTION_LENGTH} characters")
+    bad = sorted(set(text) - INSTRUCTION_CHARSET)
+    if bad:
+        raise ValueError(
+            f"instruction contains characters {bad} outside the allowed set "
+            "(letters, digits, space and ,.'-?!)"
+        )
+    return text
+
+
+def validate_action(action: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """Float64 copy of ``action``, clipped to [-1, 1]; ValueError on wrong shape or non-finite."""
+    try:
+        array = np.asarray(action, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"action must be a numeric array of shape {shape}: {exc}") from None
+    if array.shape != shape:
+        raise ValueError(f"action must have shape {shape}, got {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"action must be finite (no NaN/inf), got {array.tolist()}")
+    return np.clip(array, -1.0, 1.0)
+
+
+_DIVERGENCE_WARNINGS = (
+    mujoco.mjtWarning.mjWARN_BADQPOS,
+    mujoco.mjtWarning.mjWARN_BADQVEL,
+    mujoco.mjtWarning.mjWARN_BADQACC,
+)
+
+
+def _divergence_count(data: mujoco.MjData) -> int:
+    return sum(int(data.warning[w].number) for w in _DIVERGENCE_WARNINGS)
+
+
+def step_physics(model: mujoco.MjModel, data: mujoco.MjData, substeps: int) -> bool:
+    """Advance ``substeps`` physics steps; return True if the simulation diverged.
+
+    MuJoCo answers NaN/huge values by resetting ``data`` and counting a warning, so the
+    warning counters (not the state) are what tells us the episode is broken.
+    """
+    before = _divergence_count(data)
+    mujoco.mj_step(model, data, nstep=substeps)
+    diverged = _divergence_count(data) > before
+    return bool(diverged or not np.isfinite(data.qpos).all() or not np.isfinite(data.qvel).all())

@@ -1,0 +1,90 @@
+"""Offscreen camera rendering with fast defaults.
+
+MuJoCo's default offscreen quality (4x multisampling, a 4096 shadow map, reflections) costs
+~35 ms a frame on a CPU renderer whatever the image size; with those three off the same scene
+renders at 1000+ frames/s at 64-96 px. ``"fast"`` is therefore the default and ``"high"``
+restores MuJoCo's look for videos and figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import mujoco
+import numpy as np
+
+from vla_gym.types import RENDER_QUALITIES
+
+_QUALITY = {
+    # offsamples, shadowsize, shadows+reflections on, mesh slices/stacks for curved primitives
+    "fast": (0, 0, False, (12, 6, 1)),
+    "high": (4, 4096, True, (28, 16, 4)),
+}
+
+
+def check_quality(quality: str) -> str:
+    if quality not in RENDER_QUALITIES:
+        raise ValueError(f"render_quality must be one of {RENDER_QUALITIES}, got {quality!r}")
+    return quality
+
+
+def apply_quality(model: mujoco.MjModel, quality: str, width: int, height: int) -> None:
+    """Set the model's offscreen buffer settings; must run before a renderer is created."""
+    offsamples, shadowsize, _, (slices, stacks, quads) = _QUALITY[check_quality(quality)]
+    model.vis.quality.offsamples = offsamples
+    model.vis.quality.shadowsize = shadowsize
+    # A software rasteriser pays per triangle: coarser spheres/cylinders halve frame time.
+    model.vis.quality.numslices = slices
+    model.vis.quality.numstacks = stacks
+    model.vis.quality.numquads = quads
+    model.vis.global_.offwidth = max(int(model.vis.global_.offwidth), width)
+    model.vis.global_.offheight = max(int(model.vis.global_.offheight), height)
+
+
+class CameraRenderer:
+    """Renders named cameras of one model at one size and quality."""
+
+    def __init__(
+        self, model: mujoco.MjModel, width: int, height: int, quality: str = "fast"
+    ) -> None:
+        apply_quality(model, quality, width, height)
+        self._renderer = mujoco.Renderer(model, height=height, width=width)
+        effects = _QUALITY[quality][2]
+        flags = self._renderer.scene.flags
+        flags[mujoco.mjtRndFlag.mjRND_SHADOW] = effects
+        flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = effects
+        self.width, self.height, self.quality = width, height, quality
+
+    def render(self, data: mujoco.MjData, camera: str | int) -> np.ndarray:
+        """One RGB frame, uint8 (H, W, 3), freshly allocated."""
+        self._renderer.update_scene(data, camera=camera)
+        return self._renderer.render()
+
+    def render_many(self, data: mujoco.MjData, cameras: Sequence[str]) -> list[np.ndarray]:
+        return [self.render(data, cam) for cam in cameras]
+
+    def close(self) -> None:
+        renderer, self._renderer = getattr(self, "_renderer", None), None
+        if renderer is not None:
+            renderer.close()
+
+
+def renderer_info() -> dict[str, str]:
+    """Backend and OpenGL renderer string of a throwaway context (for `vla-gym doctor`)."""
+    import os
+
+    model = mujoco.MjModel.from_xml_string("<mujoco><worldbody/></mujoco>")
+    renderer = mujoco.Renderer(model, 16, 16)
+    try:
+        renderer.render()
+        info = {"backend": os.environ.get("MUJOCO_GL", "default")}
+        try:
+            from OpenGL import GL
+
+            info["renderer"] = GL.glGetString(GL.GL_RENDERER).decode()
+            info["version"] = GL.glGetString(GL.GL_VERSION).decode()
+        except Exception as exc:  # PyOpenGL missing or no current context
+            info["renderer"] = f"unknown ({type(exc).__name__})"
+        return info
+    finally:
+        renderer.close()

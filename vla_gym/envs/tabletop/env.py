@@ -1,0 +1,307 @@
+"""The tabletop env: an arm, a table, objects and an instruction saying what to do with them.
+
+One class serves every tabletop id; the task families differ only in the task object(s) passed
+in. The loop is Gymnasium's MuJoCo pattern: validate action -> robot controller -> physics ×
+``frame_skip`` -> named reward terms -> ``evaluate()`` -> observation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from typing import Any
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+from gymnasium import spaces
+
+from vla_gym.envs.base import (
+    check_choice,
+    check_instruction,
+    check_options,
+    instruction_space,
+    step_physics,
+    validate_action,
+)
+from vla_gym.envs.language import COLOURS, SHAPES
+from vla_gym.envs.rendering import CameraRenderer, check_quality
+from vla_gym.envs.robots.arm import ArmRobot
+from vla_gym.envs.tabletop.layout import Layout, sample_layout
+from vla_gym.envs.tabletop.objects import add_object_pool
+from vla_gym.envs.tabletop.place import PlaceTask
+from vla_gym.envs.tabletop.pick import PickTask
+from vla_gym.envs.tabletop.push import PushTask
+from vla_gym.envs.tabletop.sim import TabletopSim
+from vla_gym.envs.tabletop.stack import StackTask
+from vla_gym.envs.tabletop.task import Episode, TabletopTask
+from vla_gym.types import (
+    ARM_EE_DELTA,
+    DEFAULT_IMAGE_SIZE,
+    IMAGE,
+    INSTRUCTION,
+    INSTRUCTION_SPLITS,
+    OBS_MODES,
+    STATE,
+    WRIST_IMAGE,
+)
+
+TASKS: dict[str, type[TabletopTask]] = {
+    "pick": PickTask,
+    "place": PlaceTask,
+    "push": PushTask,
+    "stack": StackTask,
+}
+CAMERAS = ("main", "wrist")
+CAMERA_KEYS = {"main": IMAGE, "wrist": WRIST_IMAGE}
+RESET_OPTIONS = ("task", "target", "instruction")
+OBJECTS = "objects"  # state-mode key: one row per pool slot
+OBJECT_FEATURES = 3 + len(SHAPES) + len(COLOURS) + 1  # pos, shape 1-hot, colour 1-hot, present
+DEFAULT_REWARD_WEIGHTS = {
+    "reach": 0.1, "grasp": 0.25, "lift": 0.5, "transport": 0.5, "align": 0.5,
+    "push": 1.0, "on_table": 0.05, "placed": 2.0, "stacked": 2.0,
+}
+
+
+def _scene_path() -> str:
+    return str(resources.files("vla_gym.assets").joinpath("tabletop/scene.xml"))
+
+
+class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
+    """Tabletop manipulation from camera images and a language instruction.
+
+    Action: ``Box(-1, 1, (7,))`` end-effector delta, see ``vla_gym.types.ARM_EE_DELTA``;
+    values outside [-1, 1] are clipped, NaN/inf or a wrong shape raise ``ValueError``.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 50}
+
+    def __init__(
+        self,
+        tasks: str | Sequence[str] = "pick",
+        *,
+        image_size: int = DEFAULT_IMAGE_SIZE,
+        render_quality: str = "fast",
+        obs_mode: str = "rgb",
+        instruction_split: str = "train",
+        cameras: Sequence[str] = ("main",),
+        num_objects: tuple[int, int] = (3, 5),
+        frame_skip: int = 10,
+        terminate_on_success: bool = True,
+        reward_weights: Mapping[str, float] | None = None,
+        render_mode: str | None = None,
+        render_size: int = 224,
+    ) -> None:
+        families = [tasks] if isinstance(tasks, str) else list(tasks)
+        self.tasks = {name: TASKS[check_choice("task", name, TASKS)]() for name in families}
+        self.image_size = self._check_size("image_size", image_size)
+        self.render_quality = check_quality(render_quality)
+        self.obs_mode = check_choice("obs_mode", obs_mode, OBS_MODES)
+        self.instruction_split = check_choice("instruction_split", instruction_split,
+                                              INSTRUCTION_SPLITS)
+        self.cameras = tuple(check_choice("camera", c, CAMERAS) for c in cameras)
+        if "main" not in self.cameras:
+            raise ValueError(f"cameras must include 'main' (the 'image' key), got {cameras!r}")
+        self.num_objects = self._check_num_objects(num_objects)
+        self.frame_skip = int(frame_skip)
+        self.terminate_on_success = terminate_on_success
+        self.reward_weights = {**DEFAULT_REWARD_WEIGHTS, **dict(reward_weights or {})}
+        self.render_mode = check_choice("render_mode", render_mode, [None, "rgb_array"])
+        self.render_size = self._check_size("render_size", render_size)
+        self.action_contract = ARM_EE_DELTA
+
+        self.model, self.data = self._build_model()
+        self.sim = TabletopSim.bind(self.model, self.data, ArmRobot())
+        self.dt = float(self.model.opt.timestep * self.frame_skip)
+        self.metadata = {**self.metadata, "render_fps": int(round(1.0 / self.dt))}
+        self.action_space = spaces.Box(-1.0, 1.0, (ARM_EE_DELTA.dim,), np.float32)
+        self.observation_space = self._make_observation_space()
+        self._obs_renderer: CameraRenderer | None = None
+        self._video_renderer: CameraRenderer | None = None
+        self.episode: Episode | None = None
+        self._last_obs: dict[str, Any] | None = None
+
+    # -- construction ----------------------------------------------------------------------
+    @staticmethod
+    def _check_size(name: str, size: int) -> int:
+        if not isinstance(size, (int, np.integer)) or not 16 <= int(size) <= 1024:
+            raise ValueError(f"{name} must be an integer in [16, 1024], got {size!r}")
+        return int(size)
+
+    def _check_num_objects(self, num_objects: tuple[int, int]) -> tuple[int, int]:
+        low, high = (int(v) for v in num_objects)
+        if not 2 <= low <= high <= 5:
+            raise ValueError(f"num_objects must satisfy 2 <= low <= high <= 5, got {num_objects}")
+        return low, high
+
+    def _build_model(self) -> tuple[mujoco.MjModel, mujoco.MjData]:
+        spec = mujoco.MjSpec.from_file(_scene_path())
+        floor = [g for g in spec.geoms if g.type == mujoco.mjtGeom.mjGEOM_PLANE]
+        add_object_pool(spec, floor_z=float(floor[0].pos[2]) if floor else 0.0)
+        model = spec.compile()
+        return model, mujoco.MjData(model)
+
+    def _make_observation_space(self) -> spaces.Dict:
+        obs: dict[str, spaces.Space] = {
+            INSTRUCTION: instruction_space(),
+            STATE: spaces.Box(-np.inf, np.inf, (self.sim.robot.STATE_DIM,), np.float32),
+        }
+        if self.obs_mode == "rgb":
+            shape = (self.image_size, self.image_size, 3)
+            for camera in self.cameras:
+                obs[CAMERA_KEYS[camera]] = spaces.Box(0, 255, shape, np.uint8)
+        else:
+            rows = len(self.sim.slots)
+            obs[OBJECTS] = spaces.Box(-np.inf, np.inf, (rows, OBJECT_FEATURES), np.float32)
+        return spaces.Dict(obs)
+
+    # -- episode -----------------------------------------------------------------------------
+    @property
+    def task_families(self) -> tuple[str, ...]:
+        return tuple(self.tasks)
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        super().reset(seed=seed)
+        opts = check_options(options, RESET_OPTIONS)
+        family = self._choose_family(opts.get("task"))
+        task = self.tasks[family]
+        layout, episode = self._sample_episode(task, opts.get("target"))
+        text = opts.get("instruction")
+        instruction = check_instruction(text) if text is not None else task.describe(
+            episode, layout, self.np_random, self.instruction_split)
+        self.episode = Episode(episode.family, episode.target, episode.destination,
+                               episode.side, episode.goal_xy, instruction)
+        mujoco.mj_resetData(self.model, self.data)
+        self.sim.robot.reset(self.data, self.np_random)
+        self.sim.apply_layout(layout)
+        mujoco.mj_forward(self.model, self.data)
+        obs = self._observation()
+        return obs, self._info(task, diverged=False)
+
+    def _choose_family(self, requested: str | None) -> str:
+        if requested is not None:
+            return check_choice("reset option 'task'", requested, self.tasks)
+        names = list(self.tasks)
+        return names[int(self.np_random.integers(len(names)))] if len(names) > 1 else names[0]
+
+    def _sample_episode(self, task: TabletopTask, target: str | None) -> tuple[Layout, Episode]:
+        rng = self.np_random
+        for _ in range(100):
+            total = int(rng.integers(self.num_objects[0], self.num_objects[1] + 1))
+            layout = sample_layout(rng, task.required_shapes(rng), total, self.instruction_split)
+            chosen = self._target_for(task, layout, target)
+            episode = task.roles(layout, chosen, rng)
+            if episode is not None:
+                return layout, episode
+            if target is not None:
+                raise ValueError(f"the {task.family} task cannot use {target!r} in this scene")
+        raise RuntimeError(f"could not sample a {task.family} episode in 100 tries")
+
+    def _target_for(self, task: TabletopTask, layout: Layout, target: str | None):
+        eligible = task.eligible_targets(layout)
+        if target is None:
+            return eligible[0]  # the layout puts the task's primary object first
+        valid = [obj.name for obj in eligible]
+        for obj in eligible:
+            if target in (obj.name, obj.slot):
+                return obj
+        raise ValueError(
+            f"target {target!r} is not a valid {task.family} target in this scene; valid: {valid}"
+        )
+
+    def step(
+        self, action: np.ndarray
+    ) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
+        if self.episode is None:
+            raise RuntimeError("call reset() before step()")
+        clipped = validate_action(action, self.action_space.shape)
+        self.sim.robot.apply_action(self.data, clipped)
+        task = self.tasks[self.episode.family]
+        if step_physics(self.model, self.data, self.frame_skip):
+            # Keep the last finite observation; the episode cannot continue from NaNs.
+            info = self._info(task, diverged=True)
+            last = {k: v.copy() if isinstance(v, np.ndarray) else v
+                    for k, v in (self._last_obs or {}).items()}
+            return last, 0.0, False, True, info
+        obs = self._observation()
+        info = self._info(task, diverged=False)
+        reward = sum(self.reward_weights.get(k[7:], 0.0) * v
+                     for k, v in info.items() if k.startswith("reward_"))
+        terminated = bool(info["is_success"] and self.terminate_on_success)
+        return obs, float(reward), terminated, False, info
+
+    # -- observation & info ------------------------------------------------------------------
+    def _observation(self) -> dict[str, Any]:
+        assert self.episode is not None
+        obs: dict[str, Any] = {
+            INSTRUCTION: self.episode.instruction,
+            STATE: self.sim.robot.state(self.data),
+        }
+        if self.obs_mode == "rgb":
+            renderer = self._obs_renderer or self._make_obs_renderer()
+            for camera in self.cameras:
+                obs[CAMERA_KEYS[camera]] = renderer.render(self.data, camera)
+        else:
+            obs[OBJECTS] = self._object_features()
+        self._last_obs = obs
+        return obs
+
+    def _make_obs_renderer(self) -> CameraRenderer:
+        self._obs_renderer = CameraRenderer(
+            self.model, self.image_size, self.image_size, self.render_quality)
+        return self._obs_renderer
+
+    def _object_features(self) -> np.ndarray:
+        assert self.sim.layout is not None
+        shown = {obj.slot: obj for obj in self.sim.layout.objects}
+        colours, shapes = list(COLOURS), list(SHAPES)
+        rows = np.zeros((len(self.sim.slots), OBJECT_FEATURES), np.float32)
+        for row, slot in zip(rows, self.sim.slots):
+            obj = shown.get(slot)
+            if obj is None:
+                continue
+            row[:3] = self.sim.object_pos(slot)
+            row[3 + shapes.index(obj.shape)] = 1.0
+            row[3 + len(shapes) + colours.index(obj.colour)] = 1.0
+            row[-1] = 1.0
+        return rows
+
+    def _info(self, task: TabletopTask, diverged: bool) -> dict[str, Any]:
+        episode = self.episode
+        assert episode is not None
+        info: dict[str, Any] = {
+            "task": episode.family,
+            "target": episode.target.name,
+            "target_pos": self.sim.object_pos(episode.target.slot),
+            "destination": episode.destination.name if episode.destination else "",
+            "physics_diverged": diverged,
+        }
+        if episode.destination is not None:
+            info["destination_pos"] = self.sim.object_pos(episode.destination.slot)
+        if episode.goal_xy is not None:
+            info["goal_xy"] = np.asarray(episode.goal_xy)
+        if diverged:
+            info["is_success"] = False
+            return info
+        for name, value in task.reward_terms(self.sim, episode).items():
+            info[f"reward_{name}"] = value
+        info["is_success"] = task.evaluate(self.sim, episode)["success"]
+        return info
+
+    # -- rendering ---------------------------------------------------------------------------
+    def render(self) -> np.ndarray | None:
+        if self.render_mode != "rgb_array":
+            return None
+        if self._video_renderer is None:
+            self._video_renderer = CameraRenderer(
+                self.model, self.render_size, self.render_size, self.render_quality)
+        return self._video_renderer.render(self.data, "main")
+
+    def close(self) -> None:
+        for name in ("_obs_renderer", "_video_renderer"):
+            renderer = getattr(self, name, None)
+            if renderer is not None:
+                renderer.close()
+                setattr(self, name, None)

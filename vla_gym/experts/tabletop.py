@@ -1,0 +1,211 @@
+"""Scripted expert for every tabletop family, acting through the same 7-D action as a policy.
+
+It reads privileged state (object poses, the episode's target and destination) from the env it
+is bound to and follows waypoints with a proportional controller. Pick, place and stack are
+fixed waypoint sequences re-aimed at the objects' current positions every step; push is a
+closed loop that re-approaches whenever the object drifts off the line to its goal.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from vla_gym.envs.tabletop.env import TabletopEnv
+from vla_gym.envs.tabletop.objects import SHAPE_INFO
+from vla_gym.envs.tabletop.push import PUSH_STANDOFF
+from vla_gym.envs.tabletop.task import Episode
+from vla_gym.types import ARM_EE_DELTA
+
+OPEN, CLOSE = -1.0, 1.0
+HOVER = 0.10  # m above the object's top before descending
+CARRY_Z = 0.16  # m: transport height for place and stack
+GRASP_DEPTH = 0.012  # m the grasp point sits below the object's top (capped at its centre)
+CLOSE_STEPS = 8
+OPEN_STEPS = 6
+PUSH_Z = 0.02
+PUSH_CLEARANCE_Z = 0.15  # m: travel height when (re)approaching, above every object's top
+PUSH_LATERAL_LIMIT = 0.02
+PUSH_SPEED = 0.6  # fraction of the maximum translation per step while in contact  # m off the push line before the expert re-approaches
+
+
+@dataclass
+class Waypoint:
+    """Go to ``target()`` with the gripper at ``grip``; done within ``tol`` after ``hold`` steps."""
+
+    target: Callable[[], np.ndarray]
+    grip: float
+    tol: float = 0.008
+    hold: int = 0
+    yaw: Callable[[], float] | None = None
+
+
+def _wrap(angle: float) -> float:
+    return (angle + math.pi) % (2 * math.pi) - math.pi
+
+
+class TabletopExpert:
+    """``act(obs) -> action``; call ``reset()`` at episode start (also detected automatically)."""
+
+    def __init__(self, env: TabletopEnv) -> None:
+        self.env = env
+        self.sim = env.sim
+        self._episode: Episode | None = None
+        self._plan: list[Waypoint] = []
+        self._held = 0
+        self._push_state = "approach"
+
+    def reset(self) -> None:
+        self._episode = None
+
+    def act(self, obs: Any = None) -> np.ndarray:
+        episode = self.env.episode
+        if episode is None:
+            raise RuntimeError("the expert's env has not been reset")
+        if episode is not self._episode:
+            self._start(episode)
+        if episode.family == "push":
+            return self._push_action(episode)
+        return self._follow_plan()
+
+    # -- plans ---------------------------------------------------------------------------------
+    def _start(self, episode: Episode) -> None:
+        self._episode, self._held, self._push_state = episode, 0, "approach"
+        self._grasp_yaw = self._choose_grasp_yaw(episode.target.slot, episode.target.shape)
+        builders = {"pick": self._pick_plan, "place": self._place_plan, "stack": self._place_plan}
+        self._plan = builders[episode.family](episode) if episode.family in builders else []
+
+    def _choose_grasp_yaw(self, slot: str, shape: str) -> float:
+        current = self.sim.robot.ee_yaw(self.sim.data)
+        if shape != "cube":
+            return current
+        base = self.sim.object_yaw(slot)
+        options = [base + k * math.pi / 2 for k in range(-4, 5)]
+        return min(options, key=lambda yaw: abs(_wrap(yaw - current)))
+
+    def _grasp_point(self, slot: str, shape: str) -> np.ndarray:
+        pos = self.sim.object_pos(slot)
+        info = SHAPE_INFO[shape]
+        top = pos[2] - info.rest_height + info.top_height
+        pos[2] = max(top - GRASP_DEPTH, pos[2])
+        return pos
+
+    def _pick_plan(self, episode: Episode) -> list[Waypoint]:
+        slot, shape = episode.target.slot, episode.target.shape
+        grasp = lambda: self._grasp_point(slot, shape)  # noqa: E731
+        above = lambda: grasp() + [0, 0, HOVER]  # noqa: E731
+        yaw = lambda: self._grasp_yaw  # noqa: E731
+        self._lift_from = None
+        return [
+            Waypoint(above, OPEN, tol=0.012, yaw=yaw),
+            Waypoint(grasp, OPEN, tol=0.006, yaw=yaw),
+            Waypoint(lambda: self.sim.ee_pos(), CLOSE, tol=1.0, hold=CLOSE_STEPS, yaw=yaw),
+            Waypoint(lambda: self._fixed_xy_at(CARRY_Z), CLOSE, tol=0.01, yaw=yaw),
+        ]
+
+    def _fixed_xy_at(self, z: float) -> np.ndarray:
+        if self._lift_from is None:
+            self._lift_from = self.sim.ee_pos()
+        return np.array([self._lift_from[0], self._lift_from[1], z])
+
+    def _place_plan(self, episode: Episode) -> list[Waypoint]:
+        assert episode.destination is not None
+        dst, target = episode.destination, episode.target
+        drop_z = self._drop_height(episode)
+        over = lambda: np.r_[self.sim.object_pos(dst.slot)[:2], CARRY_Z]  # noqa: E731
+        down = lambda: np.r_[self.sim.object_pos(dst.slot)[:2], drop_z]  # noqa: E731
+        yaw = self._place_yaw(target.shape, dst)
+        plan = self._pick_plan(episode)
+        return plan + [
+            Waypoint(over, CLOSE, tol=0.01, yaw=yaw),
+            Waypoint(down, CLOSE, tol=0.006, yaw=yaw),
+            Waypoint(lambda: self.sim.ee_pos(), OPEN, tol=1.0, hold=OPEN_STEPS, yaw=yaw),
+            Waypoint(lambda: self.sim.ee_pos() + [0, 0, 0.08], OPEN, tol=0.01),
+            Waypoint(lambda: self.sim.ee_pos(), OPEN, tol=1.0, hold=10_000),
+        ]
+
+    def _drop_height(self, episode: Episode) -> float:
+        """Grasp-point height that puts the carried object just above the destination."""
+        assert episode.destination is not None
+        target, dst = episode.target, episode.destination
+        grasp_offset = self._grasp_point(target.slot, target.shape)[2] - SHAPE_INFO[target.shape].rest_height
+        floor = SHAPE_INFO[dst.shape].top_height if dst.shape != "bowl" else 2 * SHAPE_INFO["bowl"].rest_height
+        return floor + SHAPE_INFO[target.shape].rest_height + grasp_offset + 0.008
+
+    def _place_yaw(self, shape: str, dst: Any) -> Callable[[], float] | None:
+        if dst.shape != "cube" or shape != "cube":
+            return lambda: self._grasp_yaw
+        # Turn the carried cube so its faces line up with the cube below.
+        offset = self._grasp_yaw - self.sim.object_yaw(self._episode.target.slot)  # type: ignore[union-attr]
+        return lambda: min(
+            (self.sim.object_yaw(dst.slot) + offset + k * math.pi / 2 for k in range(-4, 5)),
+            key=lambda yaw: abs(_wrap(yaw - self.sim.robot.ee_yaw(self.sim.data))),
+        )
+
+    # -- waypoint following --------------------------------------------------------------------
+    def _follow_plan(self) -> np.ndarray:
+        while True:
+            waypoint = self._plan[0]
+            target = waypoint.target()
+            error = target - self.sim.ee_pos()
+            reached = float(np.linalg.norm(error)) < waypoint.tol
+            if reached:
+                self._held += 1
+            if reached and self._held > waypoint.hold and len(self._plan) > 1:
+                self._plan.pop(0)
+                self._held = 0
+                continue
+            return self._command(error, waypoint.grip, waypoint.yaw)
+
+    def _command(
+        self,
+        error: np.ndarray,
+        grip: float,
+        yaw: Callable[[], float] | None,
+        limit: float = 1.0,
+    ) -> np.ndarray:
+        action = np.zeros(7, dtype=np.float32)
+        action[:3] = np.clip(error / ARM_EE_DELTA.scale[0], -limit, limit)
+        if yaw is not None:
+            yaw_error = _wrap(yaw() - self.sim.robot.ee_yaw(self.sim.data))
+            action[5] = np.clip(yaw_error / ARM_EE_DELTA.scale[5], -1.0, 1.0)
+        action[6] = grip
+        return action
+
+    # -- push ----------------------------------------------------------------------------------
+    def _push_action(self, episode: Episode) -> np.ndarray:
+        assert episode.goal_xy is not None
+        obj = self.sim.object_pos(episode.target.slot)
+        goal = np.asarray(episode.goal_xy)
+        to_goal = goal - obj[:2]
+        direction = to_goal / max(float(np.linalg.norm(to_goal)), 1e-6)
+        radius = SHAPE_INFO[episode.target.shape].footprint_radius
+        behind = obj[:2] - direction * (radius + PUSH_STANDOFF)
+        ee = self.sim.ee_pos()
+        # Lateral offset of the gripper from the object's push line.
+        rel = ee[:2] - obj[:2]
+        lateral = abs(rel[0] * direction[1] - rel[1] * direction[0])
+        along = float(rel @ direction)
+        # Fingers side by side across the push line: a wide, flat pushing face.
+        heading = math.atan2(direction[1], direction[0])
+        current = self.sim.robot.ee_yaw(self.sim.data)
+        yaw = min((heading + k * math.pi for k in range(-2, 3)),
+                  key=lambda option: abs(_wrap(option - current)))
+        if self._push_state == "push" and (lateral > PUSH_LATERAL_LIMIT or along > 0):
+            self._push_state = "approach"
+        if self._push_state == "approach":
+            high = np.r_[behind, PUSH_CLEARANCE_Z]
+            if np.linalg.norm(ee[:2] - behind) > 0.012:
+                return self._command(high - ee, CLOSE, lambda: yaw)
+            low = np.r_[behind, PUSH_Z]
+            if abs(ee[2] - PUSH_Z) > 0.006:
+                return self._command(low - ee, CLOSE, lambda: yaw)
+            self._push_state = "push"
+        reach = min(0.03, float(np.linalg.norm(to_goal)))
+        carrot = np.r_[obj[:2] + direction * (reach - radius - 0.005), PUSH_Z]
+        # Push slower than free motion: a fast shove tips cans over.
+        return self._command(carrot - ee, CLOSE, lambda: yaw, limit=PUSH_SPEED)

@@ -1,0 +1,220 @@
+"""Seeded rollouts over (vector) envs with honest statistics and optional video.
+
+Episode ``j`` always starts from ``reset(seed=seed + j)`` whatever the number of envs, so the
+figures do not depend on how the work is split. Success is reported with a 95% Wilson
+interval, which stays meaningful at small episode counts and at 0% or 100%.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector import AutoresetMode
+
+from vla_gym.video import VideoRecorder
+
+# policy(obs_batch, info_batch) -> actions (num_envs, action_dim)
+BatchPolicy = Callable[[dict[str, Any], dict[str, Any]], np.ndarray]
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval for a binomial proportion."""
+    if trials <= 0:
+        return (0.0, 1.0)
+    p = successes / trials
+    denom = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denom
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+@dataclass
+class RolloutSummary:
+    env_id: str
+    policy: str
+    episodes: int
+    seed: int
+    num_envs: int
+    success_rate: float
+    success_ci95: tuple[float, float]
+    mean_return: float
+    mean_length: float
+    steps_per_second: float
+    wall_seconds: float
+    per_task: dict[str, dict[str, float]] = field(default_factory=dict)
+    episode_success: list[bool] = field(default_factory=list)
+
+    def to_json(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=2))
+
+
+def random_policy(action_space: gym.Space, seed: int) -> BatchPolicy:
+    """Uniform actions from a generator seeded by ``seed`` (reproducible)."""
+    rng = np.random.default_rng(seed)
+    low, high = action_space.low, action_space.high
+
+    def act(obs: dict[str, Any], info: dict[str, Any]) -> np.ndarray:
+        return rng.uniform(low, high).astype(np.float32)
+
+    return act
+
+
+def expert_policy(action_space: gym.Space, seed: int) -> BatchPolicy:
+    """Reads the actions the in-env experts (``ExpertActions`` wrapper) put in ``info``."""
+
+    def act(obs: dict[str, Any], info: dict[str, Any]) -> np.ndarray:
+        return np.asarray(info["expert_action"], dtype=np.float32)
+
+    return act
+
+
+def _per_task(tasks: list[str], successes: list[bool]) -> dict[str, dict[str, float]]:
+    groups: dict[str, list[bool]] = defaultdict(list)
+    for task, ok in zip(tasks, successes):
+        groups[task].append(ok)
+    out = {}
+    for task, oks in sorted(groups.items()):
+        lo, hi = wilson_interval(sum(oks), len(oks))
+        out[task] = {"episodes": len(oks), "success_rate": sum(oks) / len(oks),
+                     "ci95_low": lo, "ci95_high": hi}
+    return out
+
+
+def _row(info: dict[str, Any], key: str, index: int, default: Any = None) -> Any:
+    if key in info and info.get(f"_{key}", np.ones(index + 1, bool))[index]:
+        return info[key][index]
+    return default
+
+
+class _EpisodeBook:
+    """Which episode each sub-env runs and what finished episodes achieved."""
+
+    def __init__(self, episodes: int, num_envs: int, seed: int) -> None:
+        self.episodes, self.seed = episodes, seed
+        self.next_episode = 0
+        self.running: list[int | None] = [None] * num_envs
+        self.returns = np.zeros(num_envs)
+        self.lengths = np.zeros(num_envs, dtype=int)
+        self.results: dict[int, tuple[bool, float, int, str]] = {}
+
+    def assign(self, index: int) -> int:
+        """Seed for the next episode on sub-env ``index`` (idle envs get unused seeds)."""
+        self.returns[index], self.lengths[index] = 0.0, 0
+        if self.next_episode < self.episodes:
+            self.running[index] = self.next_episode
+            self.next_episode += 1
+            return self.seed + self.running[index]
+        self.running[index] = None
+        return self.seed + self.episodes + 1_000_000 + index
+
+    def finish(self, index: int, success: bool, task: str) -> None:
+        episode = self.running[index]
+        if episode is not None:
+            self.results[episode] = (success, float(self.returns[index]),
+                                     int(self.lengths[index]), task)
+
+    @property
+    def done(self) -> bool:
+        return len(self.results) >= self.episodes
+
+
+def run_rollouts(
+    env_id: str,
+    policy: str | BatchPolicy = "random",
+    *,
+    episodes: int = 10,
+    seed: int = 0,
+    num_envs: int = 1,
+    vectorization_mode: str = "sync",
+    video_path: str | Path | None = None,
+    video_episodes: int = 3,
+    progress: bool = False,
+    env_kwargs: dict[str, Any] | None = None,
+) -> RolloutSummary:
+    """Run ``episodes`` seeded episodes of ``env_id`` and summarise them."""
+    from vla_gym.experts import ExpertActions
+
+    if episodes < 1 or num_envs < 1:
+        raise ValueError(f"episodes and num_envs must be >= 1, got {episodes}, {num_envs}")
+    kwargs = dict(env_kwargs or {})
+    if video_path is not None:
+        kwargs["render_mode"] = "rgb_array"
+    wrappers = [ExpertActions] if policy == "expert" else None
+    vec = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=vectorization_mode,
+                       vector_kwargs={"autoreset_mode": AutoresetMode.DISABLED},
+                       wrappers=wrappers, **kwargs)
+    try:
+        act = _resolve_policy(policy, vec, seed)
+        summary = _loop(vec, act, env_id, episodes, seed, video_path, video_episodes, progress)
+    finally:
+        vec.close()
+    summary.policy = policy if isinstance(policy, str) else getattr(policy, "__name__", "custom")
+    return summary
+
+
+def _resolve_policy(policy: str | BatchPolicy, vec: gym.vector.VectorEnv, seed: int):
+    if callable(policy):
+        return policy
+    makers = {"random": random_policy, "expert": expert_policy}
+    if policy not in makers:
+        raise ValueError(f"policy must be one of {tuple(makers)} or a callable, got {policy!r}")
+    return makers[policy](vec.action_space, seed)
+
+
+def _loop(vec, act, env_id, episodes, seed, video_path, video_episodes, progress_on):
+    from rich.progress import Progress
+
+    book = _EpisodeBook(episodes, vec.num_envs, seed)
+    obs, info = vec.reset(seed=[book.assign(i) for i in range(vec.num_envs)])
+    video = VideoRecorder(video_path) if video_path is not None else None
+    recorded = 0
+    steps, start = 0, time.perf_counter()
+    with Progress(disable=not progress_on, transient=True) as bar:
+        task_bar = bar.add_task(f"rollout {env_id}", total=episodes)
+        while not book.done:
+            if video is not None and recorded < video_episodes and book.running[0] is not None:
+                video.add(vec.call("render")[0], str(obs["instruction"][0]))
+            obs, reward, terminated, truncated, info = vec.step(act(obs, info))
+            steps += vec.num_envs
+            book.returns += reward
+            book.lengths += 1
+            ended = np.flatnonzero(np.logical_or(terminated, truncated))
+            for i in ended:
+                book.finish(i, bool(_row(info, "is_success", i, False)),
+                            str(_row(info, "task", i, "")))
+                recorded += int(i == 0 and video is not None)
+            if len(ended):
+                bar.update(task_bar, completed=len(book.results))
+                mask = np.zeros(vec.num_envs, bool)
+                mask[ended] = True
+                seeds = [book.assign(i) if mask[i] else None for i in range(vec.num_envs)]
+                obs, info = vec.reset(seed=seeds, options={"reset_mask": mask})
+    wall = time.perf_counter() - start
+    if video is not None:
+        video.close()
+    return _summarise(book, env_id, episodes, seed, vec.num_envs, steps, wall)
+
+
+def _summarise(book, env_id, episodes, seed, num_envs, steps, wall) -> RolloutSummary:
+    ordered = [book.results[j] for j in range(episodes)]
+    successes = [r[0] for r in ordered]
+    wins = sum(successes)
+    return RolloutSummary(
+        env_id=env_id, policy="", episodes=episodes, seed=seed, num_envs=num_envs,
+        success_rate=wins / episodes, success_ci95=wilson_interval(wins, episodes),
+        mean_return=float(np.mean([r[1] for r in ordered])),
+        mean_length=float(np.mean([r[2] for r in ordered])),
+        steps_per_second=steps / wall if wall > 0 else float("nan"), wall_seconds=wall,
+        per_task=_per_task([r[3] for r in ordered], successes), episode_success=successes,
+    )

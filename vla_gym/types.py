@@ -1,0 +1,103 @@
+"""Observation keys, action contracts and shared constants.
+
+Everything that must mean the same thing in simulation and on a real robot lives here, as data,
+so the sim2real layer reads the very objects the envs declare.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+# Observation keys (sim and real alike).
+IMAGE = "image"
+WRIST_IMAGE = "wrist_image"
+INSTRUCTION = "instruction"
+STATE = "state"
+
+DEFAULT_IMAGE_SIZE = 96
+MAX_INSTRUCTION_LENGTH = 256
+# gymnasium's Text default charset is alphanumeric only; instructions need spaces and punctuation.
+INSTRUCTION_CHARSET = frozenset(string.ascii_letters + string.digits + " ,.'-?!")
+
+RenderQuality = Literal["fast", "high"]
+ObsMode = Literal["rgb", "state"]
+InstructionSplit = Literal["train", "test", "all"]
+RENDER_QUALITIES: tuple[str, ...] = ("fast", "high")
+OBS_MODES: tuple[str, ...] = ("rgb", "state")
+INSTRUCTION_SPLITS: tuple[str, ...] = ("train", "test", "all")
+
+
+@dataclass(frozen=True)
+class ActionContract:
+    """What each dimension of a normalised action in [-1, 1] means physically.
+
+    ``scale[i]`` is the physical amount (in ``units[i]``) commanded by an action of 1.0 on
+    dimension ``i``; for ``mode == "delta"`` that amount is applied per env step.
+    """
+
+    name: str
+    dims: tuple[str, ...]
+    units: tuple[str, ...]
+    scale: tuple[float, ...]
+    mode: Literal["delta", "velocity", "absolute"]
+    frame: str
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not (len(self.dims) == len(self.units) == len(self.scale)):
+            raise ValueError(
+                f"ActionContract {self.name!r}: dims, units and scale must have equal lengths, "
+                f"got {len(self.dims)}, {len(self.units)}, {len(self.scale)}"
+            )
+
+    @property
+    def dim(self) -> int:
+        return len(self.dims)
+
+    @property
+    def low(self) -> np.ndarray:
+        return -np.ones(self.dim, dtype=np.float32)
+
+    @property
+    def high(self) -> np.ndarray:
+        return np.ones(self.dim, dtype=np.float32)
+
+    def to_physical(self, action: np.ndarray) -> np.ndarray:
+        """Normalised action (clipped to [-1, 1]) -> physical units."""
+        clipped = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
+        return clipped * np.asarray(self.scale)
+
+    def describe(self) -> str:
+        parts = [f"{d}[{s:g} {u}]" for d, u, s in zip(self.dims, self.units, self.scale)]
+        return f"{self.mode} in {self.frame}: " + ", ".join(parts)
+
+
+# End-effector delta per step in the robot base frame (OpenVLA / RT-1 convention).
+# Gripper is an absolute command: +1 closes fully, -1 opens fully.
+ARM_EE_DELTA = ActionContract(
+    name="arm_ee_delta",
+    dims=("dx", "dy", "dz", "droll", "dpitch", "dyaw", "grip"),
+    units=("m", "m", "m", "rad", "rad", "rad", "1"),
+    scale=(0.01, 0.01, 0.01, 0.05, 0.05, 0.05, 1.0),
+    mode="delta",
+    frame="robot_base",
+    notes={
+        "grip": "absolute: +1 = close, -1 = open, in between = partial opening",
+        "clipping": "actions outside [-1, 1] are clipped; NaN/inf raise ValueError",
+    },
+)
+
+# Differential-drive base: [v, omega] scaled to the declared maximum speeds.
+BASE_VELOCITY = ActionContract(
+    name="base_velocity",
+    dims=("v", "omega"),
+    units=("m/s", "rad/s"),
+    scale=(0.5, 1.5),
+    mode="velocity",
+    frame="base_link",
+    notes={"clipping": "actions outside [-1, 1] are clipped; NaN/inf raise ValueError"},
+)
