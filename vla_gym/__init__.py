@@ -36,4 +36,6 @@ def _register_all() -> None:
 
 _register_all()
 
-__all__ = ["ENV_TABLE", "__version__"]
+from vla_gym.vector import make_vec  # noqa: E402
+
+__all__ = ["ENV_TABLE", "__version__", "make_vec"]

@@ -20,6 +20,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
+from vla_gym.vector import make_vec
 from vla_gym.video import VideoRecorder
 
 # policy(obs_batch, info_batch) -> actions (num_envs, action_dim)
@@ -30,11 +31,15 @@ def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[f
     """95% Wilson score interval for a binomial proportion."""
     if trials <= 0:
         return (0.0, 1.0)
+    if not 0 <= successes <= trials:
+        raise ValueError(f"successes must be in [0, {trials}], got {successes}")
     p = successes / trials
     denom = 1 + z * z / trials
     centre = (p + z * z / (2 * trials)) / denom
     half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == trials else min(1.0, centre + half)
+    return (low, high)
 
 
 @dataclass
@@ -97,6 +102,24 @@ def _row(info: dict[str, Any], key: str, index: int, default: Any = None) -> Any
     return default
 
 
+def _merge_info(old: dict[str, Any], new: dict[str, Any], mask: np.ndarray) -> dict[str, Any]:
+    """Rows of ``new`` where ``mask`` (the sub-envs just reset), rows of ``old`` elsewhere.
+
+    A masked reset returns info only for the reset sub-envs; the others must keep what their
+    last step said (e.g. the expert's next action).
+    """
+    merged = dict(old)
+    for key, value in new.items():
+        if key.startswith("_") or key not in old or f"_{key}" not in new:
+            merged.setdefault(key, value)
+            continue
+        rows = np.asarray(new[f"_{key}"]) & mask
+        combined = np.array(old[key], copy=True)
+        combined[rows] = np.asarray(value)[rows]
+        merged[key] = combined
+    return merged
+
+
 class _EpisodeBook:
     """Which episode each sub-env runs and what finished episodes achieved."""
 
@@ -151,9 +174,9 @@ def run_rollouts(
     if video_path is not None:
         kwargs["render_mode"] = "rgb_array"
     wrappers = [ExpertActions] if policy == "expert" else None
-    vec = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=vectorization_mode,
-                       vector_kwargs={"autoreset_mode": AutoresetMode.DISABLED},
-                       wrappers=wrappers, **kwargs)
+    vec = make_vec(env_id, num_envs=num_envs, vectorization_mode=vectorization_mode,
+                   vector_kwargs={"autoreset_mode": AutoresetMode.DISABLED},
+                   wrappers=wrappers, **kwargs)
     try:
         act = _resolve_policy(policy, vec, seed)
         summary = _loop(vec, act, env_id, episodes, seed, video_path, video_episodes, progress)
@@ -199,7 +222,8 @@ def _loop(vec, act, env_id, episodes, seed, video_path, video_episodes, progress
                 mask = np.zeros(vec.num_envs, bool)
                 mask[ended] = True
                 seeds = [book.assign(i) if mask[i] else None for i in range(vec.num_envs)]
-                obs, info = vec.reset(seed=seeds, options={"reset_mask": mask})
+                obs, reset_info = vec.reset(seed=seeds, options={"reset_mask": mask})
+                info = _merge_info(info, reset_info, mask)
     wall = time.perf_counter() - start
     if video is not None:
         video.close()

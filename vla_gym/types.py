@@ -21,7 +21,9 @@ STATE = "state"
 DEFAULT_IMAGE_SIZE = 96
 MAX_INSTRUCTION_LENGTH = 256
 # gymnasium's Text default charset is alphanumeric only; instructions need spaces and punctuation.
-INSTRUCTION_CHARSET = frozenset(string.ascii_letters + string.digits + " ,.'-?!")
+# A str, not a set: vector envs encode characters by their index in this sequence, and a set's
+# order changes with each process's hash seed.
+INSTRUCTION_CHARSET = string.ascii_letters + string.digits + " ,.'-?!"
 
 RenderQuality = Literal["fast", "high"]
 ObsMode = Literal["rgb", "state"]

@@ -236,7 +236,7 @@ def test_random_scenes_round_trip(task: str, split: str) -> None:
     for seed in range(60):
         text = check_round_trip(task, split, seed)
         assert text == text.lower()
-        assert set(text) <= INSTRUCTION_CHARSET
+        assert set(text) <= set(INSTRUCTION_CHARSET)
         assert len(text) <= MAX_INSTRUCTION_LENGTH
 
 

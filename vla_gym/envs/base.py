@@ -46,7 +46,7 @@ def check_instruction(text: Any) -> str:
         raise ValueError(f"instruction must be a non-empty string, got {text!r}")
     if len(text) > MAX_INSTRUCTION_LENGTH:
         raise ValueError(f"instruction longer than {MAX_INSTRUCTION_LENGTH} characters")
-    bad = sorted(set(text) - INSTRUCTION_CHARSET)
+    bad = sorted(set(text) - set(INSTRUCTION_CHARSET))
     if bad:
         raise ValueError(
             f"instruction contains characters {bad} outside the allowed set "

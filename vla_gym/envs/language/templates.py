@@ -293,7 +293,7 @@ def _check_templates() -> None:
             if template_slots(template) not in _REQUIRED_SLOTS[task]:
                 raise ValueError(f"template {template!r} has the wrong slots for {task!r}")
             literal = "".join(lit for lit, _, _, _ in string.Formatter().parse(template))
-            if literal != literal.lower() or not set(literal) <= INSTRUCTION_CHARSET:
+            if literal != literal.lower() or not set(literal) <= set(INSTRUCTION_CHARSET):
                 raise ValueError(f"template {template!r} uses disallowed characters")
             if reserved & set(re.findall(r"[a-z]+", literal)):
                 raise ValueError(f"template {template!r} uses a colour or shape word")

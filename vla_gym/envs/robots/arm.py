@@ -49,7 +49,12 @@ class ArmConfig:
     site_name: str = "ee_site"
     joint_names: tuple[str, ...] = ("joint1", "joint2", "joint3", "joint4", "joint5", "joint6")
     actuator_names: tuple[str, ...] = (
-        "actuator1", "actuator2", "actuator3", "actuator4", "actuator5", "actuator6"
+        "actuator1",
+        "actuator2",
+        "actuator3",
+        "actuator4",
+        "actuator5",
+        "actuator6",
     )
     finger_joint_names: tuple[str, str] = ("finger_left", "finger_right")
     finger_actuator_names: tuple[str, str] = ("gripper_left", "gripper_right")

@@ -1,0 +1,161 @@
+"""Env throughput with 96x96 image observations, measured side by side in one run.
+
+Ratios, not absolute numbers, are the figures to compare across machines:
+  env / raw      vla_gym env step vs the bare loop on the same compiled model
+                 (mj_step x frame_skip + one render at the same size and quality)
+  env / pusher   vla_gym env step vs Gymnasium's Pusher-v5 with render_mode="rgb_array"
+  async / one    AsyncVectorEnv (2 workers) vs a single env, total steps/s
+
+Each measurement runs in its own process pinned to one core (where the OS allows) so the
+single-env numbers are one-core numbers; rounds alternate between contenders to spread noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+IMAGE = 96
+
+
+def _pin_one_core() -> None:
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+
+def _time_loop(step, steps: int) -> float:
+    for _ in range(20):  # warm-up
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps / (time.perf_counter() - start)
+
+
+def measure_env(env_id: str, steps: int) -> float:
+    import gymnasium as gym
+    import numpy as np
+
+    import vla_gym  # noqa: F401
+
+    _pin_one_core()
+    env = gym.make(env_id, image_size=IMAGE)
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    actions = rng.uniform(-0.3, 0.3, (steps + 20, 7)).astype(np.float32)
+    counter = iter(range(10**9))
+
+    def step():
+        _, _, terminated, truncated, _ = env.step(actions[next(counter) % len(actions)])
+        if terminated or truncated:
+            env.reset()
+
+    rate = _time_loop(step, steps)
+    env.close()
+    return rate
+
+
+def measure_raw(env_id: str, steps: int) -> float:
+    """The same compiled model stepped and rendered with no env around it."""
+    import gymnasium as gym
+    import mujoco
+
+    import vla_gym  # noqa: F401
+    from vla_gym.envs.rendering import CameraRenderer
+
+    _pin_one_core()
+    env = gym.make(env_id, image_size=IMAGE)
+    env.reset(seed=0)
+    base = env.unwrapped
+    model, data, frame_skip = base.model, base.data, base.frame_skip
+    renderer = CameraRenderer(model, IMAGE, IMAGE, "fast")
+
+    def step():
+        mujoco.mj_step(model, data, nstep=frame_skip)
+        renderer.render(data, "main")
+
+    rate = _time_loop(step, steps)
+    renderer.close()
+    env.close()
+    return rate
+
+
+def measure_pusher(steps: int) -> float:
+    import gymnasium as gym
+
+    _pin_one_core()
+    env = gym.make("Pusher-v5", render_mode="rgb_array", width=IMAGE, height=IMAGE)
+    env.reset(seed=0)
+
+    def step():
+        _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        env.render()
+        if terminated or truncated:
+            env.reset()
+
+    rate = _time_loop(step, steps)
+    env.close()
+    return rate
+
+
+def measure_vector(env_id: str, mode: str, num_envs: int, steps: int) -> float:
+    import numpy as np
+
+    import vla_gym
+
+    envs = vla_gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode, image_size=IMAGE)
+    envs.reset(seed=0)
+    actions = np.zeros((num_envs, 7), np.float32)
+    rate = _time_loop(lambda: envs.step(actions), steps) * num_envs
+    envs.close()
+    return rate
+
+
+def _in_process(fn, *args) -> float:
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, args)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="vla_gym/TabletopPick-v0")
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--pusher-steps", type=int, default=60)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    samples: dict[str, list[float]] = {k: [] for k in ("env", "raw", "pusher", "sync2", "async2")}
+    for _ in range(args.rounds):
+        samples["raw"].append(_in_process(measure_raw, args.env, args.steps))
+        samples["env"].append(_in_process(measure_env, args.env, args.steps))
+        samples["pusher"].append(_in_process(measure_pusher, args.pusher_steps))
+        samples["sync2"].append(_in_process(measure_vector, args.env, "sync", 2, args.steps // 2))
+        samples["async2"].append(_in_process(measure_vector, args.env, "async", 2, args.steps // 2))
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    result = {
+        "env_id": args.env,
+        "image_size": IMAGE,
+        "steps_per_second_median": med,
+        "samples": samples,
+        "ratio_env_over_raw": med["env"] / med["raw"],
+        "ratio_env_over_pusher_v5": med["env"] / med["pusher"],
+        "ratio_async2_over_one_env": med["async2"] / med["env"],
+        "ratio_sync2_over_one_env": med["sync2"] / med["env"],
+        "cpu_count": os.cpu_count(),
+    }
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
