@@ -5,6 +5,7 @@ Ratios, not absolute numbers, are the figures to compare across machines:
                  (mj_step x frame_skip + one render at the same size and quality)
   env / pusher   vla_gym env step vs Gymnasium's Pusher-v5 with render_mode="rgb_array"
   async / one    AsyncVectorEnv (2 workers) vs a single env, total steps/s
+  2 procs / one  two independent single-env processes at once: what the machine allows
 
 Each measurement runs in its own process pinned to one core (where the OS allows) so the
 single-env numbers are one-core numbers; rounds alternate between contenders to spread noise.
@@ -21,6 +22,9 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
+# The setting vla_gym applies on import (see vla_gym.gl_backend); set here so every contender,
+# Pusher-v5 included, renders with it.
+os.environ.setdefault("LP_NUM_THREADS", "0")
 
 IMAGE = 96
 
@@ -39,13 +43,14 @@ def _time_loop(step, steps: int) -> float:
     return steps / (time.perf_counter() - start)
 
 
-def measure_env(env_id: str, steps: int) -> float:
+def measure_env(env_id: str, steps: int, pin: bool = True) -> float:
     import gymnasium as gym
     import numpy as np
 
     import vla_gym  # noqa: F401
 
-    _pin_one_core()
+    if pin:
+        _pin_one_core()
     env = gym.make(env_id, image_size=IMAGE)
     env.reset(seed=0)
     rng = np.random.default_rng(0)
@@ -118,9 +123,25 @@ def measure_vector(env_id: str, mode: str, num_envs: int, steps: int) -> float:
     return rate
 
 
+def _child(queue, fn, args) -> None:
+    queue.put(fn(*args))
+
+
+def _in_processes(count: int, fn, *args) -> list[float]:
+    """Run ``fn`` in ``count`` fresh spawned processes at once (non-daemon: may have workers)."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    processes = [ctx.Process(target=_child, args=(queue, fn, args)) for _ in range(count)]
+    for process in processes:
+        process.start()
+    results = [queue.get(timeout=600) for _ in processes]
+    for process in processes:
+        process.join()
+    return results
+
+
 def _in_process(fn, *args) -> float:
-    with mp.get_context("spawn").Pool(1) as pool:
-        return pool.apply(fn, args)
+    return _in_processes(1, fn, *args)[0]
 
 
 def main() -> None:
@@ -132,13 +153,16 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    samples: dict[str, list[float]] = {k: [] for k in ("env", "raw", "pusher", "sync2", "async2")}
+    keys = ("env", "raw", "pusher", "sync2", "async2", "two_processes")
+    samples: dict[str, list[float]] = {k: [] for k in keys}
     for _ in range(args.rounds):
         samples["raw"].append(_in_process(measure_raw, args.env, args.steps))
         samples["env"].append(_in_process(measure_env, args.env, args.steps))
         samples["pusher"].append(_in_process(measure_pusher, args.pusher_steps))
         samples["sync2"].append(_in_process(measure_vector, args.env, "sync", 2, args.steps // 2))
         samples["async2"].append(_in_process(measure_vector, args.env, "async", 2, args.steps // 2))
+        samples["two_processes"].append(sum(
+            _in_processes(2, measure_env, args.env, args.steps, False))))
     med = {k: statistics.median(v) for k, v in samples.items()}
     result = {
         "env_id": args.env,
@@ -149,6 +173,7 @@ def main() -> None:
         "ratio_env_over_pusher_v5": med["env"] / med["pusher"],
         "ratio_async2_over_one_env": med["async2"] / med["env"],
         "ratio_sync2_over_one_env": med["sync2"] / med["env"],
+        "ratio_two_processes_over_one_env": med["two_processes"] / med["env"],
         "cpu_count": os.cpu_count(),
     }
     print(json.dumps(result, indent=2))

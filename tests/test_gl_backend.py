@@ -6,10 +6,13 @@ def test_explicit_backend_wins(monkeypatch):
     assert gl_backend.choose_backend() == "osmesa"
 
 
+def _headless(monkeypatch):
+    for name in ("MUJOCO_GL", "DISPLAY", "WAYLAND_DISPLAY"):
+        monkeypatch.delenv(name, raising=False)
+
+
 def test_headless_prefers_egl_then_osmesa(monkeypatch):
-    monkeypatch.delenv("MUJOCO_GL", raising=False)
-    monkeypatch.delenv("DISPLAY", raising=False)
-    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    _headless(monkeypatch)
     monkeypatch.setattr(gl_backend, "_has_library", lambda *names: True)
     assert gl_backend.choose_backend() == "egl"
     monkeypatch.setattr(gl_backend, "_has_library", lambda *names: "OSMesa" in names)
@@ -17,9 +20,7 @@ def test_headless_prefers_egl_then_osmesa(monkeypatch):
 
 
 def test_no_library_gives_install_hint(monkeypatch):
-    monkeypatch.delenv("MUJOCO_GL", raising=False)
-    monkeypatch.delenv("DISPLAY", raising=False)
-    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    _headless(monkeypatch)
     monkeypatch.setattr(gl_backend, "_has_library", lambda *names: False)
     assert gl_backend.choose_backend() is None
     assert "libosmesa6" in gl_backend.describe_problem()

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 
-import gymnasium as gym
 import imageio.v3 as iio
 import numpy as np
 import pytest

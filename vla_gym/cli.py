@@ -6,7 +6,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -19,7 +18,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 console = Console()
 
 
-def _write_json(path: Optional[Path], payload: dict) -> None:
+def _write_json(path: Path | None, payload: dict) -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(payload, indent=2))
@@ -27,7 +26,7 @@ def _write_json(path: Optional[Path], payload: dict) -> None:
 
 
 @app.command()
-def envs(json_path: Optional[Path] = typer.Option(None, "--json", help="Write the list here.")):
+def envs(json_path: Path | None = typer.Option(None, "--json", help="Write the list here.")):
     """List every registered env id with its action contract."""
     import gymnasium as gym
 
@@ -53,8 +52,8 @@ def rollout(
     seed: int = typer.Option(0, "--seed"),
     num_envs: int = typer.Option(1, "--num-envs", min=1),
     async_envs: bool = typer.Option(False, "--async/--sync", help="Vector env mode."),
-    video: Optional[Path] = typer.Option(None, "--video", help="MP4 of the first episodes."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the summary here."),
+    video: Path | None = typer.Option(None, "--video", help="MP4 of the first episodes."),
+    json_path: Path | None = typer.Option(None, "--json", help="Write the summary here."),
     split: str = typer.Option("train", "--split", help="Instruction split: train|test|all."),
 ):
     """Run seeded episodes and report success (95% Wilson interval), return, length, steps/s."""
@@ -85,7 +84,7 @@ def rollout(
 
 @app.command()
 def doctor(
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report here."),
+    json_path: Path | None = typer.Option(None, "--json", help="Write the report here."),
     frames: int = typer.Option(300, "--frames", min=10),
 ):
     """Check headless rendering: backend, renderer string and measured frames/s."""

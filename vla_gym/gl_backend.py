@@ -46,6 +46,12 @@ def configure() -> str | None:
         os.environ["MUJOCO_GL"] = backend
         if backend in ("egl", "osmesa"):
             os.environ.setdefault("PYOPENGL_PLATFORM", backend)
+    if backend in ("egl", "osmesa"):
+        # Mesa's software rasteriser splits each frame over worker threads; at policy image
+        # sizes the hand-off costs more than it saves (measured: 96 px frames render ~2x
+        # faster on the calling thread) and the threads fight vector-env workers for cores.
+        # Ignored by GPU drivers.
+        os.environ.setdefault("LP_NUM_THREADS", "0")
     return backend
 
 

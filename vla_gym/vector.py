@@ -1,11 +1,9 @@
-"""``gym.make_vec`` with the settings vla_gym's observation spaces need in async mode.
+"""``make_vec``: ``gym.make_vec`` with spawned workers in async mode.
 
-Two things break with AsyncVectorEnv's defaults:
-- shared memory: gymnasium reads a ``Text`` space out of shared memory once, at start-up, so
-  the batched instruction never changes (Box arrays are live views; strings are copies);
-- fork: a GL context does not survive ``fork()``, so once the parent has rendered, forked
-  workers hang in EGL initialisation.
-Async workers here therefore send observations through pipes and start by ``spawn``.
+A GL context does not survive ``fork()``: once the parent process has rendered, forked
+workers hang in EGL initialisation. Async workers therefore start by ``spawn`` (each imports
+vla_gym afresh). The batched instruction stays current in shared memory thanks to
+``vla_gym.envs.base.InstructionText``.
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ from typing import Any
 
 import gymnasium as gym
 
-ASYNC_DEFAULTS: dict[str, Any] = {"shared_memory": False, "context": "spawn"}
+ASYNC_DEFAULTS: dict[str, Any] = {"context": "spawn"}
 
 
 def make_vec(
@@ -26,7 +24,7 @@ def make_vec(
     wrappers: Sequence[Callable[[gym.Env], gym.Wrapper]] | None = None,
     **env_kwargs: Any,
 ) -> gym.vector.VectorEnv:
-    """Like ``gym.make_vec``; async mode defaults to pipes (no shared memory) and spawn."""
+    """Like ``gym.make_vec``; async mode defaults to spawned workers."""
     kwargs = dict(vector_kwargs or {})
     if vectorization_mode == "async":
         kwargs = {**ASYNC_DEFAULTS, **kwargs}

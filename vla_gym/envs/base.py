@@ -6,12 +6,13 @@ deep base class.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import mujoco
 import numpy as np
 from gymnasium import spaces
+from gymnasium.vector.utils import read_from_shared_memory
 
 from vla_gym.types import INSTRUCTION_CHARSET, MAX_INSTRUCTION_LENGTH
 
@@ -34,8 +35,44 @@ def check_options(options: Mapping[str, Any] | None, valid: Iterable[str]) -> di
     return options
 
 
+class InstructionText(spaces.Text):
+    """The instruction space: ``Text`` whose batch stays current in async vector envs.
+
+    AsyncVectorEnv reads its shared-memory observation buffer once and relies on the result
+    being live views; for plain ``Text`` that read is a tuple of str, i.e. a stale copy.
+    Reading this space yields a ``LiveTextBatch`` that decodes the buffer on access and
+    deep-copies (as AsyncVectorEnv does before returning observations) to a tuple of str.
+    """
+
+
+class LiveTextBatch(Sequence[str]):
+    def __init__(self, space: spaces.Text, buffer: Any, n: int) -> None:
+        self._space, self._n = space, n
+        self._codes = np.frombuffer(buffer.get_obj(), dtype=np.int32).reshape(n, -1)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return tuple(self[i] for i in range(*index.indices(self._n)))
+        chars = self._space.character_list
+        return "".join(chars[c] for c in self._codes[index] if c < len(chars))
+
+    def __deepcopy__(self, memo: dict) -> tuple[str, ...]:
+        return tuple(self)
+
+    def __repr__(self) -> str:
+        return repr(tuple(self))
+
+
+@read_from_shared_memory.register(InstructionText)
+def _read_instruction_batch(space: InstructionText, shared_memory: Any, n: int = 1):
+    return LiveTextBatch(space, shared_memory, n)
+
+
 def instruction_space() -> spaces.Text:
-    return spaces.Text(
+    return InstructionText(
         max_length=MAX_INSTRUCTION_LENGTH, min_length=1, charset=INSTRUCTION_CHARSET
     )
 

@@ -29,8 +29,8 @@ CLOSE_STEPS = 8
 OPEN_STEPS = 6
 PUSH_Z = 0.02
 PUSH_CLEARANCE_Z = 0.15  # m: travel height when (re)approaching, above every object's top
-PUSH_LATERAL_LIMIT = 0.02
-PUSH_SPEED = 0.6  # fraction of the maximum translation per step while in contact  # m off the push line before the expert re-approaches
+PUSH_LATERAL_LIMIT = 0.02  # m off the push line before the expert re-approaches
+PUSH_SPEED = 0.6  # fraction of the maximum translation per step while in contact
 
 
 @dataclass
@@ -132,8 +132,11 @@ class TabletopExpert:
         """Grasp-point height that puts the carried object just above the destination."""
         assert episode.destination is not None
         target, dst = episode.target, episode.destination
-        grasp_offset = self._grasp_point(target.slot, target.shape)[2] - SHAPE_INFO[target.shape].rest_height
-        floor = SHAPE_INFO[dst.shape].top_height if dst.shape != "bowl" else 2 * SHAPE_INFO["bowl"].rest_height
+        grasp_point = self._grasp_point(target.slot, target.shape)
+        grasp_offset = grasp_point[2] - SHAPE_INFO[target.shape].rest_height
+        # Bowls are hollow: the object lands on the bowl's base, not on its rim.
+        dst_info = SHAPE_INFO[dst.shape]
+        floor = 2 * dst_info.rest_height if dst.shape == "bowl" else dst_info.top_height
         return floor + SHAPE_INFO[target.shape].rest_height + grasp_offset + 0.008
 
     def _place_yaw(self, shape: str, dst: Any) -> Callable[[], float] | None:

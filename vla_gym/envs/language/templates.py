@@ -34,6 +34,7 @@ from vla_gym.envs.language.vocabulary import (
     COLOURS,
     all_shape_words,
     format_choices,
+    validate_name,
     validate_split,
 )
 from vla_gym.types import INSTRUCTION_CHARSET
@@ -127,17 +128,11 @@ class ParsedInstruction:
 
 
 def validate_task(task: str) -> str:
-    """Return ``task`` if it is a known task family, else raise ``ValueError`` listing them."""
-    if task not in TASK_FAMILIES:
-        raise ValueError(f"unknown task {task!r}; valid tasks: {format_choices(TASK_FAMILIES)}")
-    return task
+    return validate_name("task", task, TASK_FAMILIES)
 
 
 def validate_side(side: str) -> str:
-    """Return ``side`` if it is a known push side, else raise ``ValueError`` listing them."""
-    if side not in PUSH_SIDES:
-        raise ValueError(f"unknown side {side!r}; valid sides: {format_choices(PUSH_SIDES)}")
-    return side
+    return validate_name("side", side, PUSH_SIDES)
 
 
 def all_templates(task: str, split: str) -> tuple[str, ...]:

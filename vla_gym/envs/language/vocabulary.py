@@ -67,26 +67,24 @@ def format_choices(names: Iterable[str]) -> str:
     return ", ".join(repr(n) for n in names)
 
 
-def validate_colour(name: str) -> str:
-    """Return ``name`` if it is a known colour, else raise ``ValueError`` listing the colours."""
-    if name not in COLOURS:
-        raise ValueError(f"unknown colour {name!r}; valid colours: {format_choices(COLOURS)}")
+def validate_name(kind: str, name: str, choices: Iterable[str]) -> str:
+    """Return ``name`` if it is one of ``choices``, else raise ``ValueError`` listing them."""
+    options = tuple(choices)
+    if name not in options:
+        raise ValueError(f"unknown {kind} {name!r}; valid {kind}s: {format_choices(options)}")
     return name
+
+
+def validate_colour(name: str) -> str:
+    return validate_name("colour", name, COLOURS)
 
 
 def validate_shape(name: str) -> str:
-    """Return ``name`` if it is a known shape, else raise ``ValueError`` listing the shapes."""
-    if name not in SHAPES:
-        raise ValueError(f"unknown shape {name!r}; valid shapes: {format_choices(SHAPES)}")
-    return name
+    return validate_name("shape", name, SHAPES)
 
 
 def validate_split(split: str) -> str:
-    """Return ``split`` if it is 'train', 'test' or 'all', else raise ``ValueError``."""
-    if split not in INSTRUCTION_SPLITS:
-        valid = format_choices(INSTRUCTION_SPLITS)
-        raise ValueError(f"unknown split {split!r}; valid splits: {valid}")
-    return split
+    return validate_name("split", split, INSTRUCTION_SPLITS)
 
 
 def combo_allowed(colour: str, shape: str, split: str) -> bool:

@@ -255,14 +255,17 @@ class ArmRobot:
     def is_grasping(self, data: mujoco.MjData, body_id: int) -> bool:
         """True when both finger pads touch geoms of ``body_id``."""
         model = self._require_model()
-        left = right = False
-        for g1, g2 in data.contact.geom[: data.ncon]:
-            for pad, other in ((g1, g2), (g2, g1)):
-                if model.geom_bodyid[other] != body_id:
-                    continue
-                left = left or pad == self._pads[0]
-                right = right or pad == self._pads[1]
-        return left and right
+        if data.ncon == 0:
+            return False
+        # Vectorised over contacts: this runs every env step, for reward and success.
+        geoms = data.contact.geom[: data.ncon]
+        on_body = model.geom_bodyid[geoms] == body_id
+        # A pad touches the body when it is one side of a contact whose other side is the body.
+        touches = [
+            ((geoms[:, 0] == pad) & on_body[:, 1] | (geoms[:, 1] == pad) & on_body[:, 0]).any()
+            for pad in self._pads
+        ]
+        return bool(touches[0] and touches[1])
 
     def _require_model(self) -> mujoco.MjModel:
         if self._model is None:

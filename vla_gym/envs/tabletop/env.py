@@ -7,6 +7,7 @@ in. The loop is Gymnasium's MuJoCo pattern: validate action -> robot controller 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
@@ -29,8 +30,8 @@ from vla_gym.envs.rendering import CameraRenderer, check_quality
 from vla_gym.envs.robots.arm import ArmRobot
 from vla_gym.envs.tabletop.layout import Layout, sample_layout
 from vla_gym.envs.tabletop.objects import add_object_pool
-from vla_gym.envs.tabletop.place import PlaceTask
 from vla_gym.envs.tabletop.pick import PickTask
+from vla_gym.envs.tabletop.place import PlaceTask
 from vla_gym.envs.tabletop.push import PushTask
 from vla_gym.envs.tabletop.sim import TabletopSim
 from vla_gym.envs.tabletop.stack import StackTask
@@ -91,7 +92,12 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
         reward_weights: Mapping[str, float] | None = None,
         render_mode: str | None = None,
         render_size: int = 224,
+        **unknown: Any,
     ) -> None:
+        if unknown:
+            valid = [p for p in inspect.signature(TabletopEnv.__init__).parameters
+                     if p not in ("self", "unknown")]
+            raise TypeError(f"unknown keyword argument(s) {sorted(unknown)}; valid: {valid}")
         families = [tasks] if isinstance(tasks, str) else list(tasks)
         self.tasks = {name: TASKS[check_choice("task", name, TASKS)]() for name in families}
         self.image_size = self._check_size("image_size", image_size)

@@ -61,5 +61,6 @@ class PlaceTask(TabletopTask):
         inside = self._xy_distance(sim, episode) < INSIDE_RADIUS[dst.shape]
         # Resting on the receptacle's floor, not held above it.
         floor_z = sim.object_pos(dst.slot)[2] + SHAPE_INFO[dst.shape].rest_height
-        low = sim.object_pos(slot)[2] < floor_z + SHAPE_INFO[episode.target.shape].rest_height + 0.02
+        resting_z = floor_z + SHAPE_INFO[episode.target.shape].rest_height
+        low = sim.object_pos(slot)[2] < resting_z + 0.02
         return {"success": bool(inside and low and self.released_at_rest(sim, slot))}

@@ -19,7 +19,9 @@ from vla_gym.envs.tabletop.sim import TabletopSim
 from vla_gym.envs.tabletop.task import Episode, TabletopTask, closeness
 
 GOAL_TOLERANCE = 0.04
-SIDE_DIRECTIONS = {"left": (0.0, 1.0), "right": (0.0, -1.0), "back": (1.0, 0.0), "front": (-1.0, 0.0)}
+SIDE_DIRECTIONS = {
+    "left": (0.0, 1.0), "right": (0.0, -1.0), "back": (1.0, 0.0), "front": (-1.0, 0.0),
+}
 MIN_TRAVEL = 0.08
 GOAL_MARGIN = 0.03  # gap between the target and landmark footprints at the goal
 PUSH_STANDOFF = 0.035  # m between the target's edge and the gripper when a push starts
@@ -52,7 +54,8 @@ def _goal_is_clear(goal: tuple[float, float], target: PlacedObject, layout: Layo
     direction = (end - start) / np.linalg.norm(end - start)
     approach = start - direction * (radius + PUSH_STANDOFF + 0.02)
     return all(
-        _segment_distance(o.xy, approach, end) >= radius + SHAPE_INFO[o.shape].footprint_radius + 0.01
+        _segment_distance(o.xy, approach, end)
+        >= radius + SHAPE_INFO[o.shape].footprint_radius + 0.01
         for o in layout.objects
         if o.slot != target.slot
     )

@@ -36,13 +36,16 @@ class TabletopSim:
     # Collision bits as compiled, restored when a parked slot comes back on the table.
     contype: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     conaffinity: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    robot_geom_mask: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
 
     @classmethod
     def bind(cls, model: mujoco.MjModel, data: mujoco.MjData, robot: ArmRobot) -> TabletopSim:
         robot.bind(model, data)
         slots = {name: ObjectSlot.bind(model, name) for name in slot_names()}
+        robot_mask = np.zeros(model.ngeom, bool)
+        robot_mask[list(robot.arm_geom_ids)] = True
         return cls(model, data, robot, slots, _floor_height(model), None,
-                   model.geom_contype.copy(), model.geom_conaffinity.copy())
+                   model.geom_contype.copy(), model.geom_conaffinity.copy(), robot_mask)
 
     def apply_layout(self, layout: Layout) -> None:
         """Show the layout's objects on the table and park every other slot."""
@@ -88,11 +91,9 @@ class TabletopSim:
 
     def touching(self, slot: str) -> bool:
         """Whether any robot geom touches the object."""
-        body = self.slots[slot].body_id
-        robot_geoms = self.robot.arm_geom_ids
-        for contact in self.data.contact[: self.data.ncon]:
-            g1, g2 = int(contact.geom1), int(contact.geom2)
-            b1, b2 = self.model.geom_bodyid[g1], self.model.geom_bodyid[g2]
-            if (b1 == body and g2 in robot_geoms) or (b2 == body and g1 in robot_geoms):
-                return True
-        return False
+        if self.data.ncon == 0:
+            return False
+        geoms = self.data.contact.geom[: self.data.ncon]
+        on_body = self.model.geom_bodyid[geoms] == self.slots[slot].body_id
+        on_robot = self.robot_geom_mask[geoms]
+        return bool((on_body[:, 0] & on_robot[:, 1] | on_body[:, 1] & on_robot[:, 0]).any())
