@@ -162,7 +162,7 @@ def main() -> None:
         samples["sync2"].append(_in_process(measure_vector, args.env, "sync", 2, args.steps // 2))
         samples["async2"].append(_in_process(measure_vector, args.env, "async", 2, args.steps // 2))
         samples["two_processes"].append(sum(
-            _in_processes(2, measure_env, args.env, args.steps, False))))
+            _in_processes(2, measure_env, args.env, args.steps, False)))
     med = {k: statistics.median(v) for k, v in samples.items()}
     result = {
         "env_id": args.env,
