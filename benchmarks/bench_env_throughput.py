@@ -8,7 +8,10 @@ Ratios, not absolute numbers, are the figures to compare across machines:
   2 procs / one  two independent single-env processes at once: what the machine allows
 
 Each measurement runs in its own process pinned to one core (where the OS allows) so the
-single-env numbers are one-core numbers; rounds alternate between contenders to spread noise.
+single-env numbers are one-core numbers; rounds alternate between contenders to spread noise,
+and ratios are also given per round (paired), which is steadier on a noisy machine.
+The env steps with zero actions so that its physics (an arm holding still among objects, the
+episode resetting at the time limit) matches the raw loop's: the ratio isolates env overhead.
 """
 
 from __future__ import annotations
@@ -53,12 +56,10 @@ def measure_env(env_id: str, steps: int, pin: bool = True) -> float:
         _pin_one_core()
     env = gym.make(env_id, image_size=IMAGE)
     env.reset(seed=0)
-    rng = np.random.default_rng(0)
-    actions = rng.uniform(-0.3, 0.3, (steps + 20, 7)).astype(np.float32)
-    counter = iter(range(10**9))
+    action = np.zeros(7, np.float32)
 
     def step():
-        _, _, terminated, truncated, _ = env.step(actions[next(counter) % len(actions)])
+        _, _, terminated, truncated, _ = env.step(action)
         if terminated or truncated:
             env.reset()
 
@@ -80,14 +81,14 @@ def measure_raw(env_id: str, steps: int) -> float:
     env.reset(seed=0)
     base = env.unwrapped
     model, data, frame_skip = base.model, base.data, base.frame_skip
-    renderer = CameraRenderer(model, IMAGE, IMAGE, "fast")
+    # The env's own renderer (one GL context, the same settings): only the env is taken away.
+    renderer: CameraRenderer = base._obs_renderer
 
     def step():
         mujoco.mj_step(model, data, nstep=frame_skip)
         renderer.render(data, "main")
 
     rate = _time_loop(step, steps)
-    renderer.close()
     env.close()
     return rate
 
@@ -115,6 +116,8 @@ def measure_vector(env_id: str, mode: str, num_envs: int, steps: int) -> float:
 
     import vla_gym
 
+    if mode == "sync":  # one process: compare on one core, like the single env
+        _pin_one_core()
     envs = vla_gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode, image_size=IMAGE)
     envs.reset(seed=0)
     actions = np.zeros((num_envs, 7), np.float32)
@@ -164,6 +167,10 @@ def main() -> None:
         samples["two_processes"].append(sum(
             _in_processes(2, measure_env, args.env, args.steps, False)))
     med = {k: statistics.median(v) for k, v in samples.items()}
+
+    def paired(a: str, b: str) -> float:
+        return statistics.median(x / y for x, y in zip(samples[a], samples[b]))
+
     result = {
         "env_id": args.env,
         "image_size": IMAGE,
@@ -174,6 +181,9 @@ def main() -> None:
         "ratio_async2_over_one_env": med["async2"] / med["env"],
         "ratio_sync2_over_one_env": med["sync2"] / med["env"],
         "ratio_two_processes_over_one_env": med["two_processes"] / med["env"],
+        "paired_ratio_env_over_raw": paired("env", "raw"),
+        "paired_ratio_env_over_pusher_v5": paired("env", "pusher"),
+        "paired_ratio_async2_over_one_env": paired("async2", "env"),
         "cpu_count": os.cpu_count(),
     }
     print(json.dumps(result, indent=2))
