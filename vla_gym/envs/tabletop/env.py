@@ -145,6 +145,10 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
         floor = [g for g in spec.geoms if g.type == mujoco.mjtGeom.mjGEOM_PLANE]
         add_object_pool(spec, floor_z=float(floor[0].pos[2]) if floor else 0.0)
         model = spec.compile()
+        sleep = getattr(mujoco.mjtEnableBit, "mjENBL_SLEEP", None)
+        if sleep is not None:
+            # Objects at rest (and parked slots) sleep until touched: halves physics time.
+            model.opt.enableflags |= int(sleep)
         return model, mujoco.MjData(model)
 
     def _make_observation_space(self) -> spaces.Dict:
