@@ -22,6 +22,8 @@ def _success_rate(env_id: str, seeds: range) -> float:
             obs, _, terminated, truncated, info = env.step(expert.act(obs))
             done = terminated or truncated
         wins += bool(info["is_success"])
+        # The success reward term agrees with the verdict that ended the episode.
+        assert info["reward_success"] == float(info["is_success"])
     env.close()
     return wins / len(seeds)
 

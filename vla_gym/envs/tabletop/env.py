@@ -60,7 +60,7 @@ OBJECTS = "objects"  # state-mode key: one row per pool slot
 OBJECT_FEATURES = 3 + len(SHAPES) + len(COLOURS) + 1  # pos, shape 1-hot, colour 1-hot, present
 DEFAULT_REWARD_WEIGHTS = {
     "reach": 0.1, "grasp": 0.25, "lift": 0.5, "transport": 0.5, "align": 0.5,
-    "push": 1.0, "on_table": 0.05, "placed": 2.0, "stacked": 2.0,
+    "push": 1.0, "on_table": 0.05, "success": 2.0,
 }
 
 
@@ -297,7 +297,9 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
             return info
         for name, value in task.reward_terms(self.sim, episode).items():
             info[f"reward_{name}"] = value
-        info["is_success"] = task.evaluate(self.sim, episode)["success"]
+        success = task.evaluate(self.sim, episode)["success"]
+        info["reward_success"] = float(success)
+        info["is_success"] = success
         return info
 
     # -- rendering ---------------------------------------------------------------------------

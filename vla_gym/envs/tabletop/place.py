@@ -52,7 +52,6 @@ class PlaceTask(TabletopTask):
             "reach": self.reach_term(sim, episode),
             "grasp": float(grasped),
             "transport": closeness(self._xy_distance(sim, episode)) if carried else 0.0,
-            "placed": float(self.evaluate(sim, episode)["success"]),
         }
 
     def evaluate(self, sim: TabletopSim, episode: Episode) -> dict[str, bool]:

@@ -49,7 +49,6 @@ class StackTask(TabletopTask):
             "reach": self.reach_term(sim, episode),
             "grasp": float(grasped),
             "align": closeness(xy) if carried else 0.0,
-            "stacked": float(self.evaluate(sim, episode)["success"]),
         }
 
     def evaluate(self, sim: TabletopSim, episode: Episode) -> dict[str, bool]:

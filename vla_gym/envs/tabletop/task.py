@@ -6,6 +6,7 @@ scores progress with named unweighted reward terms and judges success in ``evalu
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,15 +34,20 @@ def closeness(distance: float, scale: float = 0.1) -> float:
     return float(1.0 - np.tanh(distance / scale))
 
 
-class TabletopTask:
-    """Base of the four families: override the class attributes and the three hooks below."""
+class TabletopTask(ABC):
+    """Base of the four families: set the class attributes and implement the hooks below.
+
+    The env adds a ``success`` reward term from ``evaluate()`` itself, so families do not
+    repeat the success check inside ``reward_terms``.
+    """
 
     family = ""
     max_episode_steps = 100
     target_shapes: Sequence[str] = ()
 
+    @abstractmethod
     def required_shapes(self, rng: np.random.Generator) -> list[str]:
-        raise NotImplementedError
+        """Shapes the scene must contain, the task's primary object first."""
 
     def eligible_targets(self, layout: Layout) -> list[PlacedObject]:
         return [obj for obj in layout.objects if obj.shape in self.target_shapes]
@@ -52,11 +58,13 @@ class TabletopTask:
         """Destination, side and goal for ``target``; None when this scene cannot host it."""
         return Episode(self.family, target)
 
+    @abstractmethod
     def reward_terms(self, sim: TabletopSim, episode: Episode) -> dict[str, float]:
-        raise NotImplementedError
+        """Named, unweighted shaping terms (the env weights and sums them)."""
 
+    @abstractmethod
     def evaluate(self, sim: TabletopSim, episode: Episode) -> dict[str, bool]:
-        raise NotImplementedError
+        """``{"success": ...}`` plus any other verdicts."""
 
     # -- shared ------------------------------------------------------------------------------
     def describe(
