@@ -105,6 +105,20 @@ def validate_action(action: Any, shape: tuple[int, ...]) -> np.ndarray:
     return np.clip(array, -1.0, 1.0)
 
 
+def geoms_touch_body(
+    model: mujoco.MjModel, data: mujoco.MjData, geom_mask: np.ndarray, body_id: int
+) -> bool:
+    """Whether any active contact pairs a geom in ``geom_mask`` (bool per geom) with a geom of
+    body ``body_id``. Vectorised over contacts: it runs every env step for rewards and success.
+    """
+    if data.ncon == 0:
+        return False
+    geoms = data.contact.geom[: data.ncon]
+    on_body = model.geom_bodyid[geoms] == body_id
+    in_mask = geom_mask[geoms]
+    return bool((on_body[:, 0] & in_mask[:, 1] | on_body[:, 1] & in_mask[:, 0]).any())
+
+
 _DIVERGENCE_WARNINGS = (
     mujoco.mjtWarning.mjWARN_BADQPOS,
     mujoco.mjtWarning.mjWARN_BADQVEL,

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import mujoco
 import numpy as np
 
+from vla_gym.envs.base import geoms_touch_body
 from vla_gym.types import ARM_EE_DELTA
 
 # Gripper pointing straight down with the fingers closing along world y (rotation pi about y).
@@ -104,6 +105,7 @@ class ArmRobot:
         self._site = model.site(cfg.site_name).id
         pads = tuple(model.geom(n).id for n in cfg.finger_pad_names)
         self._pads: tuple[int, int] = (int(pads[0]), int(pads[1]))
+        self._pad_masks = [np.arange(model.ngeom) == pad for pad in self._pads]
         self._geoms = _subtree_geoms(model, model.body(cfg.root_body_name).id)
         self._jacp = np.zeros((3, model.nv))
         self._jacr = np.zeros((3, model.nv))
@@ -255,17 +257,7 @@ class ArmRobot:
     def is_grasping(self, data: mujoco.MjData, body_id: int) -> bool:
         """True when both finger pads touch geoms of ``body_id``."""
         model = self._require_model()
-        if data.ncon == 0:
-            return False
-        # Vectorised over contacts: this runs every env step, for reward and success.
-        geoms = data.contact.geom[: data.ncon]
-        on_body = model.geom_bodyid[geoms] == body_id
-        # A pad touches the body when it is one side of a contact whose other side is the body.
-        touches = [
-            ((geoms[:, 0] == pad) & on_body[:, 1] | (geoms[:, 1] == pad) & on_body[:, 0]).any()
-            for pad in self._pads
-        ]
-        return bool(touches[0] and touches[1])
+        return all(geoms_touch_body(model, data, mask, body_id) for mask in self._pad_masks)
 
     def _require_model(self) -> mujoco.MjModel:
         if self._model is None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import mujoco
 import numpy as np
 
+from vla_gym.envs.base import geoms_touch_body
 from vla_gym.envs.language import COLOURS
 from vla_gym.envs.robots.arm import ArmRobot
 from vla_gym.envs.tabletop.layout import Layout, PlacedObject
@@ -91,9 +92,5 @@ class TabletopSim:
 
     def touching(self, slot: str) -> bool:
         """Whether any robot geom touches the object."""
-        if self.data.ncon == 0:
-            return False
-        geoms = self.data.contact.geom[: self.data.ncon]
-        on_body = self.model.geom_bodyid[geoms] == self.slots[slot].body_id
-        on_robot = self.robot_geom_mask[geoms]
-        return bool((on_body[:, 0] & on_robot[:, 1] | on_body[:, 1] & on_robot[:, 0]).any())
+        body = self.slots[slot].body_id
+        return geoms_touch_body(self.model, self.data, self.robot_geom_mask, body)
