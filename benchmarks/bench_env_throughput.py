@@ -56,7 +56,7 @@ def measure_env(env_id: str, steps: int, pin: bool = True) -> float:
         _pin_one_core()
     env = gym.make(env_id, image_size=IMAGE)
     env.reset(seed=0)
-    action = np.zeros(7, np.float32)
+    action = np.zeros(env.action_space.shape, np.float32)
 
     def step():
         _, _, terminated, truncated, _ = env.step(action)
@@ -82,11 +82,12 @@ def measure_raw(env_id: str, steps: int) -> float:
     base = env.unwrapped
     model, data, frame_skip = base.model, base.data, base.frame_skip
     # The env's own renderer (one GL context, the same settings): only the env is taken away.
-    renderer: CameraRenderer = base._obs_renderer
+    renderer: CameraRenderer = base.renderers.obs_renderer()
+    camera = base.observation_camera
 
     def step():
         mujoco.mj_step(model, data, nstep=frame_skip)
-        renderer.render(data, "main")
+        renderer.render(data, camera)
 
     rate = _time_loop(step, steps)
     env.close()
@@ -120,7 +121,7 @@ def measure_vector(env_id: str, mode: str, num_envs: int, steps: int) -> float:
         _pin_one_core()
     envs = vla_gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode, image_size=IMAGE)
     envs.reset(seed=0)
-    actions = np.zeros((num_envs, 7), np.float32)
+    actions = np.zeros(envs.action_space.shape, np.float32)
     rate = _time_loop(lambda: envs.step(actions), steps) * num_envs
     envs.close()
     return rate
@@ -147,33 +148,24 @@ def _in_process(fn, *args) -> float:
     return _in_processes(1, fn, *args)[0]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--env", default="vla_gym/TabletopPick-v0")
-    parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--pusher-steps", type=int, default=60)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
-
-    keys = ("env", "raw", "pusher", "sync2", "async2", "two_processes")
+def measure_all(env_id: str, args: argparse.Namespace, pusher: list[float]) -> dict:
+    """Every contender for one env id, rounds alternating; medians, and ratios per round."""
+    keys = ("env", "raw", "sync2", "async2", "two_processes")
     samples: dict[str, list[float]] = {k: [] for k in keys}
     for _ in range(args.rounds):
-        samples["raw"].append(_in_process(measure_raw, args.env, args.steps))
-        samples["env"].append(_in_process(measure_env, args.env, args.steps))
-        samples["pusher"].append(_in_process(measure_pusher, args.pusher_steps))
-        samples["sync2"].append(_in_process(measure_vector, args.env, "sync", 2, args.steps // 2))
-        samples["async2"].append(_in_process(measure_vector, args.env, "async", 2, args.steps // 2))
+        samples["raw"].append(_in_process(measure_raw, env_id, args.steps))
+        samples["env"].append(_in_process(measure_env, env_id, args.steps))
+        samples["sync2"].append(_in_process(measure_vector, env_id, "sync", 2, args.steps // 2))
+        samples["async2"].append(_in_process(measure_vector, env_id, "async", 2, args.steps // 2))
         samples["two_processes"].append(sum(
-            _in_processes(2, measure_env, args.env, args.steps, False)))
+            _in_processes(2, measure_env, env_id, args.steps, False)))
+    samples["pusher"] = pusher
     med = {k: statistics.median(v) for k, v in samples.items()}
 
     def paired(a: str, b: str) -> float:
         return statistics.median(x / y for x, y in zip(samples[a], samples[b]))
 
-    result = {
-        "env_id": args.env,
-        "image_size": IMAGE,
+    return {
         "steps_per_second_median": med,
         "samples": samples,
         "ratio_env_over_raw": med["env"] / med["raw"],
@@ -184,8 +176,22 @@ def main() -> None:
         "paired_ratio_env_over_raw": paired("env", "raw"),
         "paired_ratio_env_over_pusher_v5": paired("env", "pusher"),
         "paired_ratio_async2_over_one_env": paired("async2", "env"),
-        "cpu_count": os.cpu_count(),
     }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", nargs="+", default=["vla_gym/TabletopPick-v0",
+                                                      "vla_gym/NavGoTo-v0"])
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--pusher-steps", type=int, default=60)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    pusher = [_in_process(measure_pusher, args.pusher_steps) for _ in range(args.rounds)]
+    result = {"image_size": IMAGE, "cpu_count": os.cpu_count(), "pusher_v5_samples": pusher,
+              "envs": {env_id: measure_all(env_id, args, pusher) for env_id in args.env}}
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

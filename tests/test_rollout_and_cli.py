@@ -111,3 +111,15 @@ def test_cli_doctor_exits_nonzero_when_rendering_is_broken(tmp_path):
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "ok: False" in proc.stdout and "error" in proc.stdout
+
+
+def test_cli_rollout_nav_expert_with_vector_envs_and_video(tmp_path):
+    video, summary = tmp_path / "nav.mp4", tmp_path / "nav.json"
+    result = runner.invoke(app, [
+        "rollout", "--env", "vla_gym/NavGoTo-v0", "--policy", "expert", "--episodes", "3",
+        "--seed", "0", "--num-envs", "2", "--video", str(video), "--json", str(summary)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(summary.read_text())
+    assert data["episodes"] == 3 and data["success_rate"] == 1.0
+    frames = iio.imread(video)
+    assert frames.shape[1] > 256 and frames.shape[-1] == 3

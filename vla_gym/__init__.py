@@ -15,6 +15,7 @@ from gymnasium.envs.registration import register, registry  # noqa: E402
 __version__ = "0.1.0"
 
 _TABLETOP = "vla_gym.envs.tabletop.env:TabletopEnv"
+_NAV = "vla_gym.envs.navigation.env:NavEnv"
 
 # id -> (entry point, kwargs, max_episode_steps). The one place env ids are declared.
 ENV_TABLE: dict[str, tuple[str, dict, int]] = {
@@ -24,6 +25,9 @@ ENV_TABLE: dict[str, tuple[str, dict, int]] = {
     "vla_gym/TabletopStack-v0": (_TABLETOP, {"tasks": "stack"}, 160),
     "vla_gym/TabletopMultiTask-v0": (
         _TABLETOP, {"tasks": ("pick", "place", "push", "stack")}, 160),
+    "vla_gym/NavGoTo-v0": (_NAV, {"tasks": "goto"}, 500),
+    "vla_gym/NavRelative-v0": (_NAV, {"tasks": "relative"}, 500),
+    "vla_gym/NavMultiTask-v0": (_NAV, {"tasks": ("goto", "relative")}, 500),
 }
 
 

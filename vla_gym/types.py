@@ -15,6 +15,7 @@ import numpy as np
 # Observation keys (sim and real alike).
 IMAGE = "image"
 WRIST_IMAGE = "wrist_image"
+TOP_IMAGE = "top_image"  # navigation: optional overhead view
 INSTRUCTION = "instruction"
 STATE = "state"
 
@@ -48,12 +49,20 @@ class ActionContract:
     mode: Literal["delta", "velocity", "absolute"]
     frame: str
     notes: dict[str, str] = field(default_factory=dict)
+    # Largest change per second of each physical command (e.g. m/s^2 for a velocity), or None
+    # where the robot applies commands as given. Sim and robot-side safety layer share it.
+    rate_limit: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if not (len(self.dims) == len(self.units) == len(self.scale)):
             raise ValueError(
                 f"ActionContract {self.name!r}: dims, units and scale must have equal lengths, "
                 f"got {len(self.dims)}, {len(self.units)}, {len(self.scale)}"
+            )
+        if self.rate_limit is not None and len(self.rate_limit) != len(self.dims):
+            raise ValueError(
+                f"ActionContract {self.name!r}: rate_limit needs one value per dim "
+                f"({len(self.dims)}), got {len(self.rate_limit)}"
             )
 
     @property
@@ -93,7 +102,9 @@ ARM_EE_DELTA = ActionContract(
     },
 )
 
-# Differential-drive base: [v, omega] scaled to the declared maximum speeds.
+# Differential-drive base: [v, omega] scaled to the declared maximum speeds, reached under
+# the acceleration limits of a small indoor base (the sim applies them; so does the ROS 2
+# safety layer before publishing geometry_msgs/Twist on cmd_vel).
 BASE_VELOCITY = ActionContract(
     name="base_velocity",
     dims=("v", "omega"),
@@ -101,5 +112,9 @@ BASE_VELOCITY = ActionContract(
     scale=(0.5, 1.5),
     mode="velocity",
     frame="base_link",
-    notes={"clipping": "actions outside [-1, 1] are clipped; NaN/inf raise ValueError"},
+    notes={
+        "clipping": "actions outside [-1, 1] are clipped; NaN/inf raise ValueError",
+        "rate_limit": "commanded velocities change by at most 1.0 m/s^2 and 3.0 rad/s^2",
+    },
+    rate_limit=(1.0, 3.0),
 )

@@ -6,6 +6,7 @@ deep base class.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -23,6 +24,37 @@ def check_choice(argument: str, value: Any, choices: Iterable[Any]) -> Any:
     if value not in options:
         raise ValueError(f"{argument} must be one of {options}, got {value!r}")
     return value
+
+
+def reject_unknown_kwargs(function: Any, unknown: Mapping[str, Any]) -> None:
+    """TypeError naming unexpected keyword arguments and listing ``function``'s valid ones."""
+    if unknown:
+        valid = [p for p in inspect.signature(function).parameters if p not in ("self", "unknown")]
+        raise TypeError(f"unknown keyword argument(s) {sorted(unknown)}; valid: {valid}")
+
+
+def check_size(argument: str, size: Any) -> int:
+    """An image side length in pixels."""
+    if not isinstance(size, (int, np.integer)) or not 16 <= int(size) <= 1024:
+        raise ValueError(f"{argument} must be an integer in [16, 1024], got {size!r}")
+    return int(size)
+
+
+def check_range(argument: str, value: Any, low: int, high: int) -> tuple[int, int]:
+    """An inclusive (min, max) pair of integers within [low, high]."""
+    try:
+        first, second = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{argument} must be a (min, max) pair of integers, got {value!r}") from None
+    if not low <= first <= second <= high:
+        raise ValueError(f"{argument} must satisfy {low} <= min <= max <= {high}, got {value!r}")
+    return first, second
+
+
+def copy_observation(obs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A copy of an observation dict (arrays copied), e.g. to return again after a failure."""
+    return {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in (obs or {}).items()}
 
 
 def check_options(options: Mapping[str, Any] | None, valid: Iterable[str]) -> dict[str, Any]:
@@ -47,8 +79,15 @@ class InstructionText(spaces.Text):
 
 class LiveTextBatch(Sequence[str]):
     def __init__(self, space: spaces.Text, buffer: Any, n: int) -> None:
-        self._space, self._n = space, n
+        self._n = n
         self._codes = np.frombuffer(buffer.get_obj(), dtype=np.int32).reshape(n, -1)
+        # Codes index the charset; anything past it pads. A byte lookup table decodes a whole
+        # row in one vectorised step (the parent does this for every env on every step).
+        chars = space.character_list
+        self._pad = len(chars)
+        self._table = np.array([ord(c) for c in chars], dtype=np.uint8)
+        if any(ord(c) > 127 for c in chars):
+            raise ValueError("InstructionText needs an ASCII charset")
 
     def __len__(self) -> int:
         return self._n
@@ -56,8 +95,10 @@ class LiveTextBatch(Sequence[str]):
     def __getitem__(self, index):  # type: ignore[override]
         if isinstance(index, slice):
             return tuple(self[i] for i in range(*index.indices(self._n)))
-        chars = self._space.character_list
-        return "".join(chars[c] for c in self._codes[index] if c < len(chars))
+        row = self._codes[index]
+        ends = np.flatnonzero(row >= self._pad)
+        length = int(ends[0]) if len(ends) else len(row)
+        return self._table[row[:length]].tobytes().decode("ascii")
 
     def __deepcopy__(self, memo: dict) -> tuple[str, ...]:
         return tuple(self)
@@ -119,24 +160,31 @@ def geoms_touch_body(
     return bool((on_body[:, 0] & in_mask[:, 1] | on_body[:, 1] & in_mask[:, 0]).any())
 
 
-_DIVERGENCE_WARNINGS = (
-    mujoco.mjtWarning.mjWARN_BADQPOS,
-    mujoco.mjtWarning.mjWARN_BADQVEL,
-    mujoco.mjtWarning.mjWARN_BADQACC,
-)
+_DIVERGENCE_WARNINGS = [
+    int(mujoco.mjtWarning.mjWARN_BADQPOS),
+    int(mujoco.mjtWarning.mjWARN_BADQVEL),
+    int(mujoco.mjtWarning.mjWARN_BADQACC),
+]
 
 
-def _divergence_count(data: mujoco.MjData) -> int:
-    return sum(int(data.warning[w].number) for w in _DIVERGENCE_WARNINGS)
+def divergence_count(data: mujoco.MjData) -> int:
+    """MuJoCo's running count of bad-state warnings; compare before and after stepping."""
+    return int(data.warning.number[_DIVERGENCE_WARNINGS].sum())
 
 
-def step_physics(model: mujoco.MjModel, data: mujoco.MjData, substeps: int) -> bool:
-    """Advance ``substeps`` physics steps; return True if the simulation diverged.
+def diverged_since(data: mujoco.MjData, count_before: int) -> bool:
+    """Whether physics blew up since ``divergence_count`` returned ``count_before``.
 
     MuJoCo answers NaN/huge values by resetting ``data`` and counting a warning, so the
     warning counters (not the state) are what tells us the episode is broken.
     """
-    before = _divergence_count(data)
+    if divergence_count(data) > count_before:
+        return True
+    return not (np.isfinite(data.qpos).all() and np.isfinite(data.qvel).all())
+
+
+def step_physics(model: mujoco.MjModel, data: mujoco.MjData, substeps: int) -> bool:
+    """Advance ``substeps`` physics steps; return True if the simulation diverged."""
+    before = divergence_count(data)
     mujoco.mj_step(model, data, nstep=substeps)
-    diverged = _divergence_count(data) > before
-    return bool(diverged or not np.isfinite(data.qpos).all() or not np.isfinite(data.qvel).all())
+    return diverged_since(data, before)

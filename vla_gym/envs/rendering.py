@@ -69,6 +69,38 @@ class CameraRenderer:
             renderer.close()
 
 
+class EnvRenderers:
+    """An env's two renderers, each made on first use: observations at ``image_size`` and
+    ``render()`` frames (videos) at ``render_size``."""
+
+    def __init__(self, model: mujoco.MjModel, image_size: int, render_size: int,
+                 quality: str) -> None:
+        self.model, self.image_size, self.render_size = model, image_size, render_size
+        self.quality = check_quality(quality)
+        self._obs: CameraRenderer | None = None
+        self._video: CameraRenderer | None = None
+
+    def obs_renderer(self) -> CameraRenderer:
+        if self._obs is None:
+            self._obs = CameraRenderer(self.model, self.image_size, self.image_size, self.quality)
+        return self._obs
+
+    def observe(self, data: mujoco.MjData, camera: str) -> np.ndarray:
+        return (self._obs or self.obs_renderer()).render(data, camera)
+
+    def frame(self, data: mujoco.MjData, camera: str) -> np.ndarray:
+        if self._video is None:
+            self._video = CameraRenderer(self.model, self.render_size, self.render_size,
+                                         self.quality)
+        return self._video.render(data, camera)
+
+    def close(self) -> None:
+        for renderer in (self._obs, self._video):
+            if renderer is not None:
+                renderer.close()
+        self._obs = self._video = None
+
+
 def renderer_info() -> dict[str, str]:
     """Backend and OpenGL renderer string of a throwaway context (for `vla-gym doctor`)."""
     import os

@@ -17,12 +17,16 @@ EXPERT_ACTION = "expert_action"
 
 def make_expert(env: gym.Env) -> Any:
     """The scripted expert for ``env``'s family (any wrapper depth)."""
+    from vla_gym.envs.navigation.env import NavEnv
     from vla_gym.envs.tabletop.env import TabletopEnv
+    from vla_gym.experts.navigation import NavExpert
     from vla_gym.experts.tabletop import TabletopExpert
 
     base = env.unwrapped
     if isinstance(base, TabletopEnv):
         return TabletopExpert(base)
+    if isinstance(base, NavEnv):
+        return NavExpert(base)
     raise ValueError(f"no scripted expert for {type(base).__name__}; expected a vla_gym env")
 
 

@@ -7,7 +7,6 @@ in. The loop is Gymnasium's MuJoCo pattern: validate action -> robot controller 
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
@@ -21,12 +20,16 @@ from vla_gym.envs.base import (
     check_choice,
     check_instruction,
     check_options,
+    check_range,
+    check_size,
+    copy_observation,
     instruction_space,
+    reject_unknown_kwargs,
     step_physics,
     validate_action,
 )
 from vla_gym.envs.language import COLOURS, SHAPES
-from vla_gym.envs.rendering import CameraRenderer, check_quality
+from vla_gym.envs.rendering import EnvRenderers, check_quality
 from vla_gym.envs.robots.arm import ArmRobot
 from vla_gym.envs.tabletop.layout import Layout, sample_layout
 from vla_gym.envs.tabletop.objects import add_object_pool
@@ -75,6 +78,7 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
     values outside [-1, 1] are clipped, NaN/inf or a wrong shape raise ``ValueError``.
     """
 
+    observation_camera = "main"  # the camera behind the "image" key
     metadata = {"render_modes": ["rgb_array"], "render_fps": 50}
 
     def __init__(
@@ -94,13 +98,10 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
         render_size: int = 224,
         **unknown: Any,
     ) -> None:
-        if unknown:
-            valid = [p for p in inspect.signature(TabletopEnv.__init__).parameters
-                     if p not in ("self", "unknown")]
-            raise TypeError(f"unknown keyword argument(s) {sorted(unknown)}; valid: {valid}")
+        reject_unknown_kwargs(TabletopEnv.__init__, unknown)
         families = [tasks] if isinstance(tasks, str) else list(tasks)
         self.tasks = {name: TASKS[check_choice("task", name, TASKS)]() for name in families}
-        self.image_size = self._check_size("image_size", image_size)
+        self.image_size = check_size("image_size", image_size)
         self.render_quality = check_quality(render_quality)
         self.obs_mode = check_choice("obs_mode", obs_mode, OBS_MODES)
         self.instruction_split = check_choice("instruction_split", instruction_split,
@@ -108,12 +109,12 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
         self.cameras = tuple(check_choice("camera", c, CAMERAS) for c in cameras)
         if "main" not in self.cameras:
             raise ValueError(f"cameras must include 'main' (the 'image' key), got {cameras!r}")
-        self.num_objects = self._check_num_objects(num_objects)
+        self.num_objects = check_range("num_objects", num_objects, 2, 5)
         self.frame_skip = int(frame_skip)
         self.terminate_on_success = terminate_on_success
         self.reward_weights = {**DEFAULT_REWARD_WEIGHTS, **dict(reward_weights or {})}
         self.render_mode = check_choice("render_mode", render_mode, [None, "rgb_array"])
-        self.render_size = self._check_size("render_size", render_size)
+        self.render_size = check_size("render_size", render_size)
         self.action_contract = ARM_EE_DELTA
 
         self.model, self.data = self._build_model()
@@ -122,24 +123,12 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
         self.metadata = {**self.metadata, "render_fps": int(round(1.0 / self.dt))}
         self.action_space = spaces.Box(-1.0, 1.0, (ARM_EE_DELTA.dim,), np.float32)
         self.observation_space = self._make_observation_space()
-        self._obs_renderer: CameraRenderer | None = None
-        self._video_renderer: CameraRenderer | None = None
+        self.renderers = EnvRenderers(self.model, self.image_size, self.render_size,
+                                       self.render_quality)
         self.episode: Episode | None = None
         self._last_obs: dict[str, Any] | None = None
 
     # -- construction ----------------------------------------------------------------------
-    @staticmethod
-    def _check_size(name: str, size: int) -> int:
-        if not isinstance(size, (int, np.integer)) or not 16 <= int(size) <= 1024:
-            raise ValueError(f"{name} must be an integer in [16, 1024], got {size!r}")
-        return int(size)
-
-    def _check_num_objects(self, num_objects: tuple[int, int]) -> tuple[int, int]:
-        low, high = (int(v) for v in num_objects)
-        if not 2 <= low <= high <= 5:
-            raise ValueError(f"num_objects must satisfy 2 <= low <= high <= 5, got {num_objects}")
-        return low, high
-
     def _build_model(self) -> tuple[mujoco.MjModel, mujoco.MjData]:
         spec = mujoco.MjSpec.from_file(_scene_path())
         floor = [g for g in spec.geoms if g.type == mujoco.mjtGeom.mjGEOM_PLANE]
@@ -221,6 +210,13 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
             f"target {target!r} is not a valid {task.family} target in this scene; valid: {valid}"
         )
 
+    def counterfactual_targets(self) -> list[str]:
+        """Other objects this episode's task could be about, for counterfactual tests."""
+        assert self.episode is not None and self.sim.layout is not None
+        task = self.tasks[self.episode.family]
+        return [obj.name for obj in task.eligible_targets(self.sim.layout)
+                if obj.name != self.episode.target.name]
+
     def step(
         self, action: np.ndarray
     ) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
@@ -231,10 +227,7 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
         task = self.tasks[self.episode.family]
         if step_physics(self.model, self.data, self.frame_skip):
             # Keep the last finite observation; the episode cannot continue from NaNs.
-            info = self._info(task, diverged=True)
-            last = {k: v.copy() if isinstance(v, np.ndarray) else v
-                    for k, v in (self._last_obs or {}).items()}
-            return last, 0.0, False, True, info
+            return copy_observation(self._last_obs), 0.0, False, True, self._info(task, True)
         obs = self._observation()
         info = self._info(task, diverged=False)
         reward = sum(self.reward_weights.get(k[7:], 0.0) * v
@@ -250,18 +243,12 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
             STATE: self.sim.robot.state(self.data),
         }
         if self.obs_mode == "rgb":
-            renderer = self._obs_renderer or self._make_obs_renderer()
             for camera in self.cameras:
-                obs[CAMERA_KEYS[camera]] = renderer.render(self.data, camera)
+                obs[CAMERA_KEYS[camera]] = self.renderers.observe(self.data, camera)
         else:
             obs[OBJECTS] = self._object_features()
         self._last_obs = obs
         return obs
-
-    def _make_obs_renderer(self) -> CameraRenderer:
-        self._obs_renderer = CameraRenderer(
-            self.model, self.image_size, self.image_size, self.render_quality)
-        return self._obs_renderer
 
     def _object_features(self) -> np.ndarray:
         assert self.sim.layout is not None
@@ -306,14 +293,9 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
     def render(self) -> np.ndarray | None:
         if self.render_mode != "rgb_array":
             return None
-        if self._video_renderer is None:
-            self._video_renderer = CameraRenderer(
-                self.model, self.render_size, self.render_size, self.render_quality)
-        return self._video_renderer.render(self.data, "main")
+        return self.renderers.frame(self.data, "main")
 
     def close(self) -> None:
-        for name in ("_obs_renderer", "_video_renderer"):
-            renderer = getattr(self, name, None)
-            if renderer is not None:
-                renderer.close()
-                setattr(self, name, None)
+        renderers = getattr(self, "renderers", None)
+        if renderers is not None:
+            renderers.close()

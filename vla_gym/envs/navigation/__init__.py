@@ -1,0 +1,1 @@
+"""Language-directed navigation: a diff-drive base in procedurally generated rooms."""
