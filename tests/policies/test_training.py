@@ -1,0 +1,103 @@
+"""Learning works (overfit a handful of samples); instruction caching; uncertainty + fallback."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from policy_helpers import obs_only, tiny_config
+
+from vla_gym.policies import VLAPolicy, get_config
+
+
+def overfit(policy: VLAPolicy, batch: dict, steps: int, lr: float = 3e-3) -> tuple[float, float]:
+    opt = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=lr)
+    policy.train()
+    first = last = None
+    for _ in range(steps):
+        loss, _ = policy(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = loss.item() if first is None else first
+        last = loss.item()
+    return first, last
+
+
+@pytest.mark.parametrize("head", ["continuous", "bins"])
+def test_small_preset_overfits_a_handful_of_samples(head, tabletop_batch):
+    policy = VLAPolicy(get_config("small", head={"kind": head, "bins": 32}))
+    policy.set_normalization(actions=tabletop_batch["action"], states=tabletop_batch["state"])
+    first, last = overfit(policy, tabletop_batch, steps=120)
+    assert last < 0.1 * first, (first, last)
+    predicted = policy.predict(obs_only(tabletop_batch))
+    tolerance = 0.1 if head == "continuous" else 2.5 / 31  # within a couple of bins
+    assert np.abs(predicted - tabletop_batch["action"]).max() < tolerance
+
+
+def test_instruction_embeddings_are_cached_per_distinct_instruction(tabletop_batch):
+    policy = VLAPolicy(tiny_config()).eval()
+    cache = policy.trunk.cache
+    obs = obs_only(tabletop_batch)
+    first = policy.predict(obs)
+    distinct = len(set(obs["instruction"]))
+    assert (cache.misses, len(cache.entries)) == (distinct, distinct)
+    again = policy.predict(obs)
+    assert cache.misses == distinct and cache.hits >= len(obs["instruction"])
+    np.testing.assert_array_equal(first, again)
+    # a batch with the same instruction repeated is encoded once
+    same = {**obs, "instruction": [obs["instruction"][0]] * len(obs["instruction"])}
+    policy.predict(same)
+    assert cache.misses == distinct
+
+
+def test_cached_and_fresh_embeddings_agree_and_training_invalidates(tabletop_batch):
+    policy = VLAPolicy(tiny_config(language={"kind": "lstm"}))
+    obs = obs_only(tabletop_batch)
+    cached = policy.predict(obs)
+    policy.trunk.cache.clear()
+    with torch.no_grad():
+        fresh = policy.trunk.language(*policy.trunk.language.tokenize(obs["instruction"]))
+    cached_feats = policy.trunk.cache.lookup(policy.trunk.language, obs["instruction"])
+    torch.testing.assert_close(cached_feats.pooled, fresh.pooled)
+    overfit(policy, tabletop_batch, steps=2)  # trainable encoder: weights change
+    policy.eval()
+    policy.predict(obs)
+    assert policy.trunk.cache.misses == 3 * len(set(obs["instruction"]))  # re-encoded
+    assert not np.array_equal(policy.predict(obs), cached)
+
+
+def test_training_a_frozen_encoder_policy_uses_the_cache(tabletop_batch):
+    policy = VLAPolicy(tiny_config(finetune={"language": "frozen"}))
+    policy.predict(obs_only(tabletop_batch))  # filled under inference_mode
+    first, last = overfit(policy, tabletop_batch, steps=3)
+    assert np.isfinite(last) and policy.trunk.cache.hits > 0
+
+
+@pytest.mark.parametrize("method", ["ensemble", "mc_dropout"])
+def test_uncertainty_is_exposed_and_triggers_the_fallback(method, tabletop_batch):
+    obs = obs_only(tabletop_batch)
+    config = tiny_config(uncertainty={"method": method, "members": 4, "dropout": 0.3})
+    out = VLAPolicy(config).predict_with_uncertainty(obs)
+    assert out.uncertainty.shape == (len(obs["instruction"]),)
+    assert (out.uncertainty > 0).all() and not out.fallback.any()
+    np.testing.assert_array_equal(VLAPolicy(config).predict_with_uncertainty(obs).action,
+                                  out.action)  # seeded: repeatable
+    stop = config.replace(uncertainty={"threshold": 0.0})
+    safe = VLAPolicy(stop).predict_with_uncertainty(obs)
+    assert safe.fallback.all() and (safe.action == 0).all()
+    custom = config.replace(uncertainty={"threshold": 0.0, "fallback": (0,) * 6 + (-1,)})
+    np.testing.assert_array_equal(VLAPolicy(custom).predict(obs)[:, 6], -1.0)
+
+
+def test_discrete_ensemble_uncertainty_is_disagreement(tabletop_batch):
+    config = tiny_config(head={"kind": "discrete"}, uncertainty={"method": "ensemble"})
+    out = VLAPolicy(config).predict_with_uncertainty(obs_only(tabletop_batch))
+    assert ((0 <= out.uncertainty) & (out.uncertainty <= 1)).all()
+    assert out.action.dtype == np.int64
+
+
+def test_predict_does_not_leave_the_policy_in_eval_mode(tabletop_batch):
+    policy = VLAPolicy(tiny_config()).train()
+    policy.predict(obs_only(tabletop_batch))
+    assert policy.training

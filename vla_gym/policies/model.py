@@ -1,0 +1,143 @@
+"""The policy's trunk: encoders + fusion + state -> one feature vector per sample.
+
+Shared by :class:`~vla_gym.policies.policy.VLAPolicy` and the stable-baselines3 features
+extractor, so RL fine-tuning trains the very modules a checkpoint holds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from vla_gym.policies.configuration import VisionConfig, VLAConfig
+from vla_gym.policies.encoders.language import LanguageEncoder, LanguageFeatures, build_language
+from vla_gym.policies.encoders.vision import build_vision
+from vla_gym.policies.finetune import apply_finetune, is_frozen
+from vla_gym.policies.fusion import build_fusion
+from vla_gym.policies.layers import mlp
+
+
+@dataclass
+class TrunkOutput:
+    features: Tensor  # (B, hidden): what the heads read
+    vision: Tensor  # (B, Dv) pooled image embedding (contrastive loss)
+    language: Tensor  # (B, Dl) pooled instruction embedding (contrastive loss)
+
+
+def num_vision_tokens(cfg: VisionConfig, patch_size: int) -> int:
+    """Tokens the vision encoder emits at ``cfg.image_size`` (position tables need it)."""
+    if cfg.kind == "cnn":
+        side = cfg.image_size
+        for _ in range(3):  # three stride-2 convs, "same" padding
+            side = math.ceil(side / 2)
+        return side * side
+    return (cfg.image_size // patch_size) ** 2
+
+
+class InstructionCache:
+    """Per-instruction language features, reused while the encoder's weights are unchanged.
+
+    Entries are keyed by text; the whole cache is dropped when any encoder weight changes
+    (each in-place update bumps a tensor's version counter, optimiser steps included).
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.entries: OrderedDict[str, tuple[Tensor, Tensor]] = OrderedDict()
+        self.stamp: tuple[int, int] | None = None
+        self.hits = self.misses = 0
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.stamp = None
+
+    def lookup(self, encoder: LanguageEncoder, texts: Sequence[str]) -> LanguageFeatures:
+        stamp = (id(encoder), sum(p._version for p in encoder.parameters()))
+        if stamp != self.stamp:
+            self.clear()
+            self.stamp = stamp
+        missing = [t for t in dict.fromkeys(texts) if t not in self.entries]
+        self.misses += len(missing)
+        self.hits += len(texts) - len(missing)
+        if missing:
+            self._encode(encoder, missing)
+        for t in texts:
+            self.entries.move_to_end(t)
+        feats = [self.entries[t] for t in texts]
+        while len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+        return _stack(feats)
+
+    def _encode(self, encoder: LanguageEncoder, texts: list[str]) -> None:
+        with torch.no_grad():
+            ids, mask = encoder.tokenize(texts)
+            out = encoder(ids, mask)
+        for i, text in enumerate(texts):
+            self.entries[text] = (out.pooled[i].clone(), out.tokens[i][out.mask[i]].clone())
+
+
+def _stack(entries: list[tuple[Tensor, Tensor]]) -> LanguageFeatures:
+    pooled = torch.stack([p for p, _ in entries])
+    width = max(t.shape[0] for _, t in entries)
+    tokens = pooled.new_zeros(len(entries), width, pooled.shape[-1])
+    mask = torch.zeros(len(entries), width, dtype=torch.bool, device=pooled.device)
+    for i, (_, t) in enumerate(entries):
+        tokens[i, : t.shape[0]] = t
+        mask[i, : t.shape[0]] = True
+    return LanguageFeatures(pooled, tokens, mask)
+
+
+class VLATrunk(nn.Module):
+    """Vision encoder, language encoder, fusion, state MLP and a final MLP."""
+
+    def __init__(self, config: VLAConfig, base_dir: Path | None = None,
+                 language: LanguageEncoder | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.vision = build_vision(config.vision)
+        self.language = language if language is not None else build_language(
+            config.language, base_dir)
+        apply_finetune(self.vision, config.finetune.vision, config.finetune)
+        apply_finetune(self.language, config.finetune.language, config.finetune)
+        patch = getattr(getattr(self.vision, "model", None), "config", config.vision)
+        n_tokens = num_vision_tokens(config.vision, patch.patch_size)
+        self.fusion = build_fusion(config.fusion, self.vision.out_dim, self.language.out_dim,
+                                   n_tokens)
+        width = config.fusion.dim
+        if config.use_state:
+            self.state = mlp(config.state_dim, config.hidden, config.hidden, layers=2)
+            width += config.hidden
+        self.out = nn.Sequential(mlp(width, config.hidden, config.hidden, layers=2), nn.GELU())
+        self.cache = InstructionCache(config.language.cache_size)
+
+    def train(self, mode: bool = True) -> VLATrunk:
+        """Like ``nn.Module.train`` but frozen encoders stay in eval mode (no dropout)."""
+        super().train(mode)
+        for encoder in (self.vision, self.language):
+            if is_frozen(encoder):
+                encoder.eval()
+        return self
+
+    def encode_instructions(self, texts: Sequence[str]) -> LanguageFeatures:
+        """Cached features when gradients cannot flow into the encoder, else a fresh pass."""
+        trains = torch.is_grad_enabled() and not is_frozen(self.language)
+        if trains or self.language.training:
+            ids, mask = self.language.tokenize(texts)
+            return self.language(ids, mask)
+        return self.cache.lookup(self.language, texts)
+
+    def forward(self, images: Tensor, lang: LanguageFeatures, state: Tensor | None,
+                ) -> TrunkOutput:
+        v_pooled, v_tokens = self.vision(images)
+        fused = self.fusion(v_pooled, v_tokens, lang)
+        if self.config.use_state:
+            if state is None:
+                raise ValueError("this policy reads the 'state' observation but got none")
+            fused = torch.cat([fused, self.state(state)], dim=-1)
+        return TrunkOutput(self.out(fused), v_pooled, lang.pooled)

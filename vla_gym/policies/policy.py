@@ -1,0 +1,241 @@
+"""``VLAPolicy``: a vision-language-action policy built from one :class:`VLAConfig`.
+
+The contract every runner relies on (rollout CLI, stable-baselines3 adapter, ROS 2 deploy)::
+
+    policy.predict(obs_batch) -> np.ndarray (B, action_dim)   # batched numpy in/out
+    policy.act(obs) -> np.ndarray (action_dim,)                 # one observation
+    policy.reset()
+    policy.forward(batch) -> (loss, metrics)                    # training
+    policy.save_pretrained(dir); VLAPolicy.from_pretrained(dir)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from vla_gym.policies.configuration import VLAConfig
+from vla_gym.policies.heads import (
+    HEADS,
+    ActionHead,
+    ContrastiveHead,
+    GroundingHead,
+    Metrics,
+    Normalizer,
+)
+from vla_gym.policies.model import TrunkOutput, VLATrunk
+from vla_gym.policies.preprocessing import Inputs, ObservationError, add_batch_dim, preprocess
+
+
+@dataclass
+class PolicyOutput:
+    action: np.ndarray  # (B, action_dim), after the fallback
+    uncertainty: np.ndarray  # (B,), 0 when the policy has no uncertainty method
+    fallback: np.ndarray  # (B,) bool: True where the fallback action replaced the prediction
+
+
+class VLAPolicy(nn.Module):
+    """Encoders + fusion + action head (+ auxiliary heads), with raw-observation inference."""
+
+    pixel_mean: Tensor
+    pixel_std: Tensor
+
+    def __init__(self, config: VLAConfig, base_dir: str | Path | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.is_quantized = False
+        with torch.random.fork_rng(devices=[]):  # same seed, same weights; global RNG untouched
+            torch.manual_seed(config.seed)
+            self._build(config, Path(base_dir) if base_dir else None)
+
+    def _build(self, config: VLAConfig, base_dir: Path | None) -> None:
+        self.trunk = VLATrunk(config, base_dir)
+        self.normalizer = Normalizer(config.contract.dim, config.state_dim)
+        vision = self.trunk.vision
+        self.register_buffer("pixel_mean", torch.tensor(vision.mean).view(1, 3, 1, 1),
+                             persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(vision.std).view(1, 3, 1, 1),
+                             persistent=False)
+        unc = config.uncertainty
+        head_cfg = config.head
+        if unc.method == "mc_dropout":
+            head_cfg = dataclasses.replace(head_cfg, dropout=unc.dropout)
+        members = unc.members if unc.method == "ensemble" else 1
+        self.heads = nn.ModuleList(HEADS[head_cfg.kind](config.hidden, config.contract.dim,
+                                                        head_cfg) for _ in range(members))
+        aux = config.aux
+        self.grounding = (GroundingHead(config.hidden, config.hidden, aux.grounding_classes)
+                          if aux.grounding_weight > 0 else None)
+        self.contrastive = (ContrastiveHead(self.trunk.vision.out_dim,
+                                            self.trunk.language.out_dim, aux.contrastive_dim)
+                            if aux.contrastive_weight > 0 else None)
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def from_preset(cls, name: str, **changes: Any) -> VLAPolicy:
+        """A fresh policy from a named preset (``small``, ``base``, ``clip-b32``, ...)."""
+        from vla_gym.policies.presets import get_config
+
+        return cls(get_config(name, **changes))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> VLAPolicy:
+        """Load ``config.json`` + ``model.safetensors``; any mismatch raises, nothing partial."""
+        from vla_gym.policies.checkpoint import load_policy
+
+        return load_policy(cls, Path(path))
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        from vla_gym.policies.checkpoint import save_policy
+
+        return save_policy(self, Path(path))
+
+    @property
+    def device(self) -> torch.device:
+        return self.normalizer.action_mean.device
+
+    @property
+    def action_heads(self) -> list[ActionHead]:
+        """The action head, or the ensemble's members."""
+        return [cast(ActionHead, h) for h in self.heads]
+
+    @property
+    def action_dim(self) -> int:
+        return self.config.action_dim
+
+    # ---- normalisation statistics ---------------------------------------------------------
+    def set_normalization(self, actions: np.ndarray | None = None,
+                          states: np.ndarray | None = None) -> None:
+        """Fit action/state mean and std from data (N, dim); stored in the checkpoint."""
+        for name, data in (("action", actions), ("state", states)):
+            if data is None:
+                continue
+            t = torch.as_tensor(np.asarray(data, dtype=np.float32), device=self.device)
+            if t.ndim != 2:
+                raise ValueError(f"{name}s must be (N, dim), got shape {tuple(t.shape)}")
+            self.normalizer.set(name, t.mean(dim=0), t.std(dim=0, unbiased=False))
+
+    # ---- model pieces ---------------------------------------------------------------------
+    def preprocess(self, obs_batch: Any) -> Inputs:
+        return preprocess(obs_batch, self.config, self.device)
+
+    def features(self, inputs: Inputs) -> TrunkOutput:
+        state = None
+        if inputs.state is not None:
+            state = (inputs.state - self.normalizer.state_mean) / self.normalizer.state_std
+        lang = self.trunk.encode_instructions(inputs.instructions)
+        images = (inputs.images - self.pixel_mean) / self.pixel_std
+        return self.trunk(images, lang, state)
+
+    # ---- training -------------------------------------------------------------------------
+    def forward(self, batch: dict[str, Any]) -> tuple[Tensor, Metrics]:
+        """Total loss and float metrics for a batch of observations plus ``action``.
+
+        Optional keys: ``target_pos`` (B, 3) and ``target`` (B names) for the grounding head.
+        """
+        inputs = self.preprocess(batch)
+        if "action" not in batch:
+            raise ObservationError("a training batch needs 'action' (B, action_dim) next to "
+                                   "the observation keys")
+        target = torch.as_tensor(np.asarray(batch["action"]), device=self.device).float()
+        out = self.features(inputs)
+        losses = [head.loss(out.features, target, self.normalizer)
+                  for head in self.action_heads]
+        loss = torch.stack([lo for lo, _ in losses]).mean()
+        metrics: Metrics = {"action_loss": loss.item(), **losses[0][1]}
+        loss = loss + self._aux_losses(batch, inputs, out, metrics)
+        metrics["loss"] = loss.item()
+        return loss, metrics
+
+    def _aux_losses(self, batch: dict[str, Any], inputs: Inputs, out: TrunkOutput,
+                    metrics: Metrics) -> Tensor:
+        total = out.features.new_zeros(())
+        aux = self.config.aux
+        has_targets = "target_pos" in batch or "target" in batch
+        if self.grounding is not None and has_targets:
+            pos = batch.get("target_pos")
+            pos_t = None if pos is None else torch.as_tensor(
+                np.asarray(pos, dtype=np.float32), device=self.device)
+            g_loss, g_metrics = self.grounding.loss(out.features, pos_t, batch.get("target"))
+            total = total + aux.grounding_weight * g_loss
+            metrics.update(grounding_loss=g_loss.item(), **g_metrics)
+        if self.contrastive is not None and inputs.batch_size > 1:
+            c_loss, c_metrics = self.contrastive.loss(out.vision, out.language,
+                                                      inputs.instructions)
+            total = total + aux.contrastive_weight * c_loss
+            metrics.update(contrastive_loss=c_loss.item(), **c_metrics)
+        return total
+
+    # ---- inference ------------------------------------------------------------------------
+    def _member_predictions(self, feats: Tensor) -> Tensor:
+        unc = self.config.uncertainty
+        if unc.method != "mc_dropout":
+            return torch.stack([h.predict(feats, self.normalizer) for h in self.action_heads])
+        head = self.action_heads[0]
+        was_training = head.training
+        head.train()  # dropout on, for this head only
+        try:
+            with torch.random.fork_rng(devices=[]):  # repeatable samples, global RNG untouched
+                torch.manual_seed(self.config.seed)
+                return torch.stack([head.predict(feats, self.normalizer)
+                                    for _ in range(unc.members)])
+        finally:
+            head.train(was_training)
+
+    def _fallback(self) -> Tensor:
+        value = self.config.uncertainty.fallback
+        if value is None:
+            return torch.zeros(self.action_dim, device=self.device)
+        if len(value) != self.action_dim:
+            raise ValueError(f"uncertainty.fallback has {len(value)} values; this policy's "
+                             f"actions have {self.action_dim}")
+        return torch.tensor(value, dtype=torch.float32, device=self.device)
+
+    def predict_with_uncertainty(self, obs_batch: Any) -> PolicyOutput:
+        """Actions, per-sample uncertainty, and where the safe fallback replaced them."""
+        if not self.training:
+            with torch.inference_mode():
+                return self._predict(obs_batch)
+        self.eval()
+        try:
+            with torch.inference_mode():
+                return self._predict(obs_batch)
+        finally:
+            self.train()
+
+    def _predict(self, obs_batch: Any) -> PolicyOutput:
+        out = self.features(self.preprocess(obs_batch))
+        action, uncertainty = self.action_heads[0].aggregate(self._member_predictions(out.features))
+        threshold = self.config.uncertainty.threshold
+        use_fallback = torch.zeros_like(uncertainty, dtype=torch.bool)
+        if threshold is not None:
+            use_fallback = uncertainty > threshold
+            action = torch.where(use_fallback[:, None], self._fallback(), action)
+        return PolicyOutput(self._to_numpy(action), uncertainty.float().cpu().numpy(),
+                            use_fallback.cpu().numpy())
+
+    def _to_numpy(self, action: Tensor) -> np.ndarray:
+        if self.config.head.kind == "discrete":
+            return action.round().long().cpu().numpy()
+        return action.clamp(-1.0, 1.0).float().cpu().numpy()
+
+    def predict(self, obs_batch: Any) -> np.ndarray:
+        """(B, action_dim) actions for a batched observation dict (numpy in, numpy out).
+
+        Continuous and bin heads give float32 in [-1, 1]; an action-set head gives the int64
+        action index in a single column.
+        """
+        return self.predict_with_uncertainty(obs_batch).action
+
+    def act(self, obs: Any) -> np.ndarray:
+        """The action for one observation, as a single env returns it."""
+        return self.predict(add_batch_dim(obs))[0]
+
+    def reset(self) -> None:
+        """Start of an episode. The policy is memoryless; cached instructions stay valid."""
