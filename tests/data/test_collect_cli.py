@@ -1,0 +1,56 @@
+"""`collect` as a command on a typer app, end to end."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from typer.testing import CliRunner
+
+from vla_gym.data import load_demos
+from vla_gym.data.cli import collect
+
+app = typer.Typer()
+app.command()(collect)
+
+
+@app.command()
+def envs() -> None:  # a second command, so `collect` is a subcommand as on the main app
+    pass
+
+
+runner = CliRunner()
+ARGS = ["collect", "--env", "vla_gym/TabletopPick-v0", "--episodes", "2", "--seed", "3",
+        "--image-size", "32"]
+
+
+def test_collect_command_end_to_end(tmp_path):
+    report = tmp_path / "summary.json"
+    result = runner.invoke(app, [*ARGS, "--out", str(tmp_path / "demos"), "--json", str(report)])
+    assert result.exit_code == 0, result.output
+    assert "2 episodes recorded now" in result.output and "KB/frame" in result.output
+    summary = json.loads(report.read_text())
+    assert summary["recorded_now"] == 2 and summary["dataset_id"] == (
+        "vla_gym/TabletopPick/expert-v0")
+    assert 0 < summary["bytes_per_frame"] < 32 * 32 * 3
+    demos = load_demos(tmp_path / "demos")
+    assert len(demos) == 2 and [m["seed"] for m in demos.episode_metadata()] == [3, 4]
+
+    again = runner.invoke(app, [*ARGS, "--out", str(tmp_path / "demos")])
+    assert again.exit_code == 0 and "2 already there" in again.output
+
+    state = runner.invoke(app, [*ARGS, "--out", str(tmp_path / "state"), "--obs-mode", "state"])
+    assert state.exit_code == 0, state.output
+    assert "image" not in load_demos(tmp_path / "state").observation_space.spaces
+
+
+def test_collect_command_rejects_bad_input(tmp_path):
+    out = ["--out", str(tmp_path)]
+    unknown = runner.invoke(app, ["collect", "--env", "nope-v0", "--episodes", "1", *out])
+    assert unknown.exit_code == 2 and "unknown env" in unknown.output
+    bad_mode = runner.invoke(app, [*ARGS, *out, "--obs-mode", "depth"])
+    assert bad_mode.exit_code == 2 and "depth" in bad_mode.output
+    assert runner.invoke(app, [*ARGS, *out]).exit_code == 0
+    other_seed = [a if a != "3" else "4" for a in ARGS]
+    clash = runner.invoke(app, [*other_seed, *out])
+    assert clash.exit_code == 2 and "cannot resume" in clash.output
