@@ -1,4 +1,4 @@
-"""The `vla-gym` command: envs, rollout, doctor."""
+"""The `vla-gym` command: envs, rollout, train, eval, doctor (and collect, bridge, deploy)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,8 @@ def envs(json_path: Path | None = typer.Option(None, "--json", help="Write the l
 @app.command()
 def rollout(
     env: str = typer.Option(..., "--env", help="Env id, e.g. vla_gym/TabletopPick-v0."),
-    policy: str = typer.Option("random", "--policy", help="random | expert"),
+    policy: str = typer.Option(
+        "random", "--policy", help="random | expert | PATH of a saved VLAPolicy checkpoint."),
     episodes: int = typer.Option(10, "--episodes", min=1),
     seed: int = typer.Option(0, "--seed"),
     num_envs: int = typer.Option(1, "--num-envs", min=1),
@@ -82,6 +83,97 @@ def rollout(
         console.print(f"wrote {json_path}")
 
 
+train_app = typer.Typer(no_args_is_help=True, help="Train policies: bc.")
+app.add_typer(train_app, name="train")
+
+
+@train_app.command("bc")
+def train_bc_command(
+    dataset: Path = typer.Option(..., "--dataset", help="Demonstrations (vla-gym collect)."),
+    out: Path = typer.Option(..., "--out", help="Run directory (checkpoints, logs, policy/)."),
+    preset: str = typer.Option("small", "--preset", help="Policy preset (small, base, ...)."),
+    steps: int = typer.Option(3000, "--steps", min=1),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    lr: float = typer.Option(1e-3, "--lr"),
+    eval_every: int = typer.Option(1000, "--eval-every", min=0),
+    eval_episodes: int = typer.Option(20, "--eval-episodes", min=1),
+    grounding: float = typer.Option(0.0, "--grounding", help="Grounding loss weight."),
+    contrastive: float = typer.Option(0.0, "--contrastive", help="Contrastive loss weight."),
+    seed: int = typer.Option(0, "--seed"),
+    resume: bool = typer.Option(False, "--resume", help="Continue RUN's latest checkpoint."),
+):
+    """Behaviour cloning on recorded demos; evaluates in the env as it goes."""
+    from vla_gym.training.bc import BCConfig, train_bc
+    from vla_gym.training.demos import Demos
+
+    config = BCConfig(preset=preset, steps=steps, batch_size=batch_size, lr=lr,
+                      eval_every=eval_every, eval_episodes=eval_episodes,
+                      grounding_weight=grounding, contrastive_weight=contrastive, seed=seed)
+    demos = Demos.from_dataset(dataset)
+    try:
+        result = train_bc(demos, out, config, resume=resume, progress=sys.stderr.isatty())
+    except KeyboardInterrupt:
+        console.print(f"interrupted; latest checkpoint in {out / 'checkpoints' / 'latest'}")
+        raise typer.Exit(code=130) from None
+    last = result.evaluations[-1] if result.evaluations else {}
+    console.print(f"trained {result.steps} steps in {result.train_seconds:.0f} s, final loss "
+                  f"{result.final_loss:.4f}, success {last.get('success_rate', float('nan')):.1%}"
+                  f"; policy in {result.policy_dir}")
+
+
+@app.command("eval")
+def eval_command(
+    policy: Path = typer.Option(..., "--policy", help="Checkpoint or training run directory."),
+    env: str = typer.Option(..., "--env", help="Env id."),
+    episodes: int = typer.Option(50, "--episodes", min=1),
+    seed: int = typer.Option(100_000, "--seed"),
+    split: str = typer.Option("train", "--split", help="Instruction split: train|test|all."),
+    num_envs: int = typer.Option(2, "--num-envs", min=1),
+    counterfactual: int = typer.Option(-1, "--counterfactual",
+                                       help="Counterfactual episodes (-1: as many, 0: none)."),
+    max_steps: int | None = typer.Option(
+        None, "--max-steps", min=1, help="Cap episode length (default: the env id's own)."),
+    video_dir: Path | None = typer.Option(None, "--video-dir", help="Success/failure clips."),
+    json_path: Path | None = typer.Option(None, "--json", help="Write the figures here."),
+):
+    """Success (95% Wilson interval) per family, length, jerk, distance, counterfactual test."""
+    from vla_gym.evaluation import evaluate
+
+    if env not in vla_gym.ENV_TABLE:
+        raise typer.BadParameter(f"unknown env {env!r}; valid: {list(vla_gym.ENV_TABLE)}")
+    report = evaluate(policy, env, episodes=episodes, seed=seed, split=split,
+                      num_envs=num_envs, video_dir=video_dir, progress=sys.stderr.isatty(),
+                      counterfactual_episodes=None if counterfactual < 0 else counterfactual,
+                      env_kwargs=None if max_steps is None else {"max_episode_steps": max_steps})
+    lo, hi = report["success_ci95"]
+    console.print(f"{env} split={split}: success {report['success_rate']:.1%} (95% CI "
+                  f"{lo:.1%}-{hi:.1%}) over {episodes}, mean length {report['mean_length']:.1f},"
+                  f" mean jerk {report['mean_jerk']:.3f}")
+    for task, stats in report["per_task"].items():
+        console.print(f"  {task}: {stats['success_rate']:.1%} over {stats['episodes']}")
+    if "counterfactual" in report:
+        console.print(f"  counterfactual: follows the new instruction in "
+                      f"{report['counterfactual']['success_rate']:.1%}")
+    _write_json(json_path, report)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="Where everything is written."),
+    env: str = typer.Option("vla_gym/TabletopMultiTask-v0", "--env"),
+    episodes: int = typer.Option(150, "--episodes", min=1, help="Expert demos to collect."),
+    steps: int = typer.Option(5000, "--steps", min=1, help="BC training steps."),
+    eval_episodes: int = typer.Option(60, "--eval-episodes", min=1),
+):
+    """The main job: collect expert demos, train BC (small preset), evaluate, write report.md."""
+    from vla_gym.demo import DemoConfig, run_demo
+
+    defaults = DemoConfig()
+    config = DemoConfig(env_id=env, episodes=episodes, eval_episodes=eval_episodes,
+                        bc=defaults.bc.__class__(**{**defaults.bc.__dict__, "steps": steps}))
+    run_demo(out, config, progress=sys.stderr.isatty(), log=console.print)
+
+
 @app.command()
 def doctor(
     json_path: Path | None = typer.Option(None, "--json", help="Write the report here."),
@@ -102,10 +194,10 @@ def doctor(
         report.update(renderer_info())
         env = gym.make("vla_gym/TabletopPick-v0")
         env.reset(seed=0)
-        renderer = env.unwrapped._obs_renderer
+        renderers, data = env.unwrapped.renderers, env.unwrapped.data
         start = time.perf_counter()
         for _ in range(frames):
-            image = renderer.render(env.unwrapped.data, "main")
+            image = renderers.observe(data, "main")
         report["frames_per_second_96px"] = frames / (time.perf_counter() - start)
         report["image_mean"] = float(image.mean())
         env.close()
@@ -122,6 +214,21 @@ def doctor(
     _write_json(json_path, report)
     if not report["ok"]:
         raise typer.Exit(code=1)
+
+
+def _register_commands() -> None:
+    # Defined next to their layers; importing them pulls in typer and the standard library.
+    from vla_gym.data.cli import collect
+    from vla_gym.sim2real.cli import bridge, deploy
+    from vla_gym.training.labelling.cli import label
+
+    app.command()(collect)
+    app.command()(bridge)
+    app.command()(deploy)
+    app.command()(label)
+
+
+_register_commands()
 
 
 def main() -> None:

@@ -57,6 +57,11 @@ class RolloutSummary:
     wall_seconds: float
     per_task: dict[str, dict[str, float]] = field(default_factory=dict)
     episode_success: list[bool] = field(default_factory=list)
+    # mean |a_t - 2 a_{t-1} + a_{t-2}| per step: lower is smoother
+    mean_jerk: float = float("nan")
+    # distance (m) to the target when the episode ended, where the env reports one (nav)
+    mean_final_distance: float | None = None
+    episodes_detail: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self, path: str | Path) -> None:
         path = Path(path)
@@ -84,6 +89,14 @@ def expert_policy(action_space: gym.Space, seed: int) -> BatchPolicy:
     return act
 
 
+def mean_jerk(actions: list[np.ndarray] | np.ndarray) -> float:
+    """Mean norm of the actions' second difference per step (NaN under three steps)."""
+    a = np.asarray(actions, dtype=np.float64)
+    if len(a) < 3:
+        return float("nan")
+    return float(np.linalg.norm(a[2:] - 2 * a[1:-1] + a[:-2], axis=-1).mean())
+
+
 def _per_task(tasks: list[str], successes: list[bool]) -> dict[str, dict[str, float]]:
     groups: dict[str, list[bool]] = defaultdict(list)
     for task, ok in zip(tasks, successes):
@@ -96,13 +109,13 @@ def _per_task(tasks: list[str], successes: list[bool]) -> dict[str, dict[str, fl
     return out
 
 
-def _row(info: dict[str, Any], key: str, index: int, default: Any = None) -> Any:
+def info_row(info: dict[str, Any], key: str, index: int, default: Any = None) -> Any:
     if key in info and info.get(f"_{key}", np.ones(index + 1, bool))[index]:
         return info[key][index]
     return default
 
 
-def _merge_info(old: dict[str, Any], new: dict[str, Any], mask: np.ndarray) -> dict[str, Any]:
+def merge_info(old: dict[str, Any], new: dict[str, Any], mask: np.ndarray) -> dict[str, Any]:
     """Rows of ``new`` where ``mask`` (the sub-envs just reset), rows of ``old`` elsewhere.
 
     A masked reset returns info only for the reset sub-envs; the others must keep what their
@@ -129,11 +142,13 @@ class _EpisodeBook:
         self.running: list[int | None] = [None] * num_envs
         self.returns = np.zeros(num_envs)
         self.lengths = np.zeros(num_envs, dtype=int)
-        self.results: dict[int, tuple[bool, float, int, str]] = {}
+        self.actions: list[list[np.ndarray]] = [[] for _ in range(num_envs)]
+        self.results: dict[int, dict[str, Any]] = {}
 
     def assign(self, index: int) -> int:
         """Seed for the next episode on sub-env ``index`` (idle envs get unused seeds)."""
         self.returns[index], self.lengths[index] = 0.0, 0
+        self.actions[index] = []
         if self.next_episode < self.episodes:
             self.running[index] = self.next_episode
             self.next_episode += 1
@@ -141,11 +156,18 @@ class _EpisodeBook:
         self.running[index] = None
         return self.seed + self.episodes + 1_000_000 + index
 
-    def finish(self, index: int, success: bool, task: str) -> None:
+    def record(self, actions: np.ndarray) -> None:
+        for index, action in enumerate(np.asarray(actions, dtype=np.float64)):
+            self.actions[index].append(action.reshape(-1))
+
+    def finish(self, index: int, success: bool, task: str, distance: float | None) -> None:
         episode = self.running[index]
         if episode is not None:
-            self.results[episode] = (success, float(self.returns[index]),
-                                     int(self.lengths[index]), task)
+            self.results[episode] = {
+                "seed": self.seed + episode, "success": success,
+                "return": float(self.returns[index]), "length": int(self.lengths[index]),
+                "task": task, "jerk": mean_jerk(self.actions[index]),
+                "final_distance": None if distance is None else float(distance)}
 
     @property
     def done(self) -> bool:
@@ -164,22 +186,31 @@ def run_rollouts(
     video_episodes: int = 3,
     progress: bool = False,
     env_kwargs: dict[str, Any] | None = None,
+    wrappers: list[Callable[[gym.Env], gym.Wrapper]] | None = None,
+    recorder: Any = None,
 ) -> RolloutSummary:
-    """Run ``episodes`` seeded episodes of ``env_id`` and summarise them."""
+    """Run ``episodes`` seeded episodes of ``env_id`` and summarise them.
+
+    ``wrappers`` wrap each sub-env (inside its worker); ``recorder`` (``add(frame, text)``,
+    ``episode_end(success)``, ``close()``) receives frames of sub-env 0's episodes instead of
+    the single MP4 at ``video_path``.
+    """
     from vla_gym.experts import ExpertActions
 
     if episodes < 1 or num_envs < 1:
         raise ValueError(f"episodes and num_envs must be >= 1, got {episodes}, {num_envs}")
     kwargs = dict(env_kwargs or {})
-    if video_path is not None:
+    if recorder is None and video_path is not None:
+        recorder = VideoRecorder(video_path)
+    if recorder is not None:
         kwargs["render_mode"] = "rgb_array"
-    wrappers = [ExpertActions] if policy == "expert" else None
+    chain = list(wrappers or []) + ([ExpertActions] if policy == "expert" else [])
     vec = make_vec(env_id, num_envs=num_envs, vectorization_mode=vectorization_mode,
                    vector_kwargs={"autoreset_mode": AutoresetMode.DISABLED},
-                   wrappers=wrappers, **kwargs)
+                   wrappers=chain or None, **kwargs)
     try:
         act = _resolve_policy(policy, vec, seed)
-        summary = _loop(vec, act, env_id, episodes, seed, video_path, video_episodes, progress)
+        summary = _loop(vec, act, env_id, episodes, seed, recorder, video_episodes, progress)
     finally:
         vec.close()
     summary.policy = policy if isinstance(policy, str) else getattr(policy, "__name__", "custom")
@@ -190,17 +221,21 @@ def _resolve_policy(policy: str | BatchPolicy, vec: gym.vector.VectorEnv, seed: 
     if callable(policy):
         return policy
     makers = {"random": random_policy, "expert": expert_policy}
-    if policy not in makers:
-        raise ValueError(f"policy must be one of {tuple(makers)} or a callable, got {policy!r}")
-    return makers[policy](vec.action_space, seed)
+    if policy in makers:
+        return makers[policy](vec.action_space, seed)
+    if Path(policy).is_dir():
+        from vla_gym.policies import load_batch_policy
+
+        return load_batch_policy(policy)
+    raise ValueError(f"policy must be one of {tuple(makers)}, a checkpoint directory or a "
+                     f"callable, got {policy!r}")
 
 
-def _loop(vec, act, env_id, episodes, seed, video_path, video_episodes, progress_on):
+def _loop(vec, act, env_id, episodes, seed, video, video_episodes, progress_on):
     from rich.progress import Progress
 
     book = _EpisodeBook(episodes, vec.num_envs, seed)
     obs, info = vec.reset(seed=[book.assign(i) for i in range(vec.num_envs)])
-    video = VideoRecorder(video_path) if video_path is not None else None
     recorded = 0
     steps, start = 0, time.perf_counter()
     with Progress(disable=not progress_on, transient=True) as bar:
@@ -208,22 +243,27 @@ def _loop(vec, act, env_id, episodes, seed, video_path, video_episodes, progress
         while not book.done:
             if video is not None and recorded < video_episodes and book.running[0] is not None:
                 video.add(vec.call("render")[0], str(obs["instruction"][0]))
-            obs, reward, terminated, truncated, info = vec.step(act(obs, info))
+            actions = act(obs, info)
+            book.record(actions)
+            obs, reward, terminated, truncated, info = vec.step(actions)
             steps += vec.num_envs
             book.returns += reward
             book.lengths += 1
             ended = np.flatnonzero(np.logical_or(terminated, truncated))
             for i in ended:
-                book.finish(i, bool(_row(info, "is_success", i, False)),
-                            str(_row(info, "task", i, "")))
-                recorded += int(i == 0 and video is not None)
+                success = bool(info_row(info, "is_success", i, False))
+                book.finish(i, success, str(info_row(info, "task", i, "")),
+                            info_row(info, "distance", i, None))
+                if i == 0 and video is not None and recorded < video_episodes:
+                    video.episode_end(success)
+                    recorded += 1
             if len(ended):
                 bar.update(task_bar, completed=len(book.results))
                 mask = np.zeros(vec.num_envs, bool)
                 mask[ended] = True
                 seeds = [book.assign(i) if mask[i] else None for i in range(vec.num_envs)]
                 obs, reset_info = vec.reset(seed=seeds, options={"reset_mask": mask})
-                info = _merge_info(info, reset_info, mask)
+                info = merge_info(info, reset_info, mask)
     wall = time.perf_counter() - start
     if video is not None:
         video.close()
@@ -232,13 +272,18 @@ def _loop(vec, act, env_id, episodes, seed, video_path, video_episodes, progress
 
 def _summarise(book, env_id, episodes, seed, num_envs, steps, wall) -> RolloutSummary:
     ordered = [book.results[j] for j in range(episodes)]
-    successes = [r[0] for r in ordered]
+    successes = [r["success"] for r in ordered]
     wins = sum(successes)
+    jerks = [r["jerk"] for r in ordered if not math.isnan(r["jerk"])]
+    distances = [r["final_distance"] for r in ordered if r["final_distance"] is not None]
     return RolloutSummary(
         env_id=env_id, policy="", episodes=episodes, seed=seed, num_envs=num_envs,
         success_rate=wins / episodes, success_ci95=wilson_interval(wins, episodes),
-        mean_return=float(np.mean([r[1] for r in ordered])),
-        mean_length=float(np.mean([r[2] for r in ordered])),
+        mean_return=float(np.mean([r["return"] for r in ordered])),
+        mean_length=float(np.mean([r["length"] for r in ordered])),
         steps_per_second=steps / wall if wall > 0 else float("nan"), wall_seconds=wall,
-        per_task=_per_task([r[3] for r in ordered], successes), episode_success=successes,
+        per_task=_per_task([r["task"] for r in ordered], successes), episode_success=successes,
+        mean_jerk=float(np.mean(jerks)) if jerks else float("nan"),
+        mean_final_distance=float(np.mean(distances)) if distances else None,
+        episodes_detail=ordered,
     )

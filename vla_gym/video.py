@@ -45,6 +45,9 @@ class VideoRecorder:
         self._writer.append_data(captioned)
         self.frames += 1
 
+    def episode_end(self, success: bool) -> None:
+        """Episodes run on in one file; a recorder that sorts them by outcome overrides this."""
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()

@@ -1,0 +1,134 @@
+"""Behaviour cloning: it learns, resumes exactly, survives Ctrl-C, refuses mismatched data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vla_gym.training.bc import BCConfig, BCTrainer, train_bc
+from vla_gym.training.checkpoints import latest_checkpoint
+from vla_gym.training.demos import Demos
+
+PICK = "vla_gym/TabletopPick-v0"
+
+
+@pytest.fixture(scope="module")
+def pick_demos():
+    return Demos.from_expert(PICK, 3, seed=0, image_size=48)
+
+
+def _config(**changes):
+    base = dict(steps=40, batch_size=16, eval_every=0, eval_episodes=2, eval_num_envs=1,
+                checkpoint_every=10, log_every=5, warmup_steps=5)
+    return BCConfig(**{**base, **changes})
+
+
+def test_demos_from_expert_hold_aligned_arrays(pick_demos):
+    d = pick_demos
+    assert d.images.shape[1:] == (48, 48, 3) and d.images.dtype == np.uint8
+    assert d.actions.shape == (len(d), 7) and d.states.shape == (len(d), 20)
+    assert d.num_episodes == 3 and len(set(d.instructions)) == 3
+    assert d.target_pos.shape == (len(d), 3)
+    batch = d.batch(np.array([0, 5]))
+    assert set(batch) == {"image", "instruction", "state", "action", "target_pos", "target"}
+
+
+def test_loss_falls_well_below_its_start(pick_demos, tmp_path):
+    trainer = BCTrainer(pick_demos, tmp_path, _config(steps=150, lr=2e-3))
+    first = np.mean([trainer.train_step()["action_loss"] for _ in range(5)])
+    for _ in range(140):
+        trainer.train_step()
+    last = np.mean([trainer.train_step()["action_loss"] for _ in range(5)])
+    assert last < 0.35 * first, (first, last)
+
+
+def test_run_writes_policy_curve_summary_and_evaluates(pick_demos, tmp_path):
+    result = train_bc(pick_demos, tmp_path, _config(steps=20))
+    assert (result.policy_dir / "config.json").is_file()
+    assert (tmp_path / "learning_curve.png").stat().st_size > 1000
+    assert (tmp_path / "summary.json").is_file() and any((tmp_path / "tb").iterdir())
+    assert result.evaluations[-1]["episodes"] == 2 and result.steps == 20
+
+
+def test_resume_continues_exactly_where_it_stopped(pick_demos, tmp_path):
+    straight = BCTrainer(pick_demos, tmp_path / "a", _config(steps=30))
+    for _ in range(30):
+        straight.train_step()
+    first = BCTrainer(pick_demos, tmp_path / "b", _config(steps=30))
+    for _ in range(20):
+        first.train_step()
+    first.checkpoint()
+    resumed = BCTrainer(pick_demos, tmp_path / "b", _config(steps=30), resume=True)
+    assert resumed.step == 20
+    for _ in range(10):
+        resumed.train_step()
+    for a, b in zip(straight.policy.state_dict().values(), resumed.policy.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_ctrl_c_leaves_a_loadable_latest_checkpoint(pick_demos, tmp_path, monkeypatch):
+    from vla_gym.policies import VLAPolicy
+
+    trainer = BCTrainer(pick_demos, tmp_path, _config(steps=100, checkpoint_every=1000))
+    real_step = trainer.train_step
+
+    def interrupted():
+        if trainer.step == 7:
+            raise KeyboardInterrupt
+        return real_step()
+
+    monkeypatch.setattr(trainer, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run()
+    checkpoint = latest_checkpoint(tmp_path)
+    assert checkpoint is not None
+    policy = VLAPolicy.from_pretrained(checkpoint)
+    obs = pick_demos.batch(np.arange(2))
+    assert policy.predict(obs).shape == (2, 7)
+    assert BCTrainer(pick_demos, tmp_path, _config(steps=100), resume=True).step == 7
+
+
+def test_mismatched_demos_are_refused_before_training(pick_demos, tmp_path):
+    train_bc(pick_demos, tmp_path, _config(steps=10))
+    nav = Demos.from_expert("vla_gym/NavGoTo-v0", 1, seed=0, image_size=48)
+    with pytest.raises(ValueError, match="base_velocity.*arm_ee_delta|arm_ee_delta.*base_vel"):
+        BCTrainer(nav, tmp_path, _config(steps=20), resume=True)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        BCTrainer(pick_demos, tmp_path / "empty", _config(), resume=True)
+
+
+def test_cli_collect_then_train_bc_then_rollout_the_checkpoint(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from vla_gym.cli import app
+
+    runner = CliRunner()
+    data, run = tmp_path / "demos", tmp_path / "run"
+    result = runner.invoke(app, ["collect", "--env", PICK, "--episodes", "2", "--out", str(data),
+                                 "--image-size", "48", "--sync"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["train", "bc", "--dataset", str(data), "--out", str(run),
+                                 "--steps", "12", "--batch-size", "8", "--eval-every", "0",
+                                 "--eval-episodes", "1"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["episodes"] == 2 and summary["steps"] == 12
+    out = tmp_path / "r.json"
+    result = runner.invoke(app, ["rollout", "--env", PICK, "--policy", str(run / "policy"),
+                                 "--episodes", "1", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["episodes"] == 1
+
+
+def test_train_bc_refuses_a_missing_dataset(tmp_path):
+    from typer.testing import CliRunner
+
+    from vla_gym.cli import app
+
+    result = CliRunner().invoke(app, ["train", "bc", "--dataset", str(tmp_path / "nope"),
+                                      "--out", str(tmp_path / "run")])
+    assert result.exit_code != 0
+    assert "nope" in str(result.exception) + result.output

@@ -1,0 +1,308 @@
+"""Behaviour cloning: a torch loop that owns its optimiser, fits a VLAPolicy to expert demos.
+
+What it does, in order: checks the demos against the policy it will build (before any
+training), fits action/state normalisation into the policy, then runs AdamW with warm-up +
+cosine decay on random-shift-augmented batches, with optional grounding/contrastive auxiliary
+losses from the policy library. Every ``checkpoint_every`` steps it writes an atomic checkpoint
+(``RUN/checkpoints/latest``, resumable), every ``eval_every`` steps it measures success in the
+env over seeded episodes, and it logs to TensorBoard (``RUN/tb``) and draws a learning curve
+(``RUN/learning_curve.png``). Ctrl-C writes the latest checkpoint before leaving.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vla_gym.training.augment import random_shift
+from vla_gym.training.checkpoints import latest_checkpoint, load_trainer_state, save_checkpoint
+from vla_gym.training.demos import Demos
+
+
+@dataclass(frozen=True)
+class BCConfig:
+    preset: str = "small"
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    shift: int = 4  # pixels of random-shift augmentation (0 = off)
+    grounding_weight: float = 0.0  # auxiliary losses (0 = off)
+    contrastive_weight: float = 0.0
+    eval_every: int = 1000  # steps between in-env evaluations (0 = only at the end)
+    eval_episodes: int = 20
+    eval_num_envs: int = 2
+    eval_seed: int = 100_000  # far from collection seeds, so evaluation scenes are unseen
+    checkpoint_every: int = 250
+    log_every: int = 50
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "eval_episodes", "eval_num_envs",
+                     "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"BCConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"BCConfig.lr must be > 0, got {self.lr}")
+
+
+@dataclass
+class BCResult:
+    run_dir: Path
+    policy_dir: Path
+    steps: int
+    final_loss: float
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
+    train_seconds: float = 0.0
+
+
+def build_policy(demos: Demos, config: BCConfig) -> Any:
+    """A fresh policy from the preset, shaped for the demos' env, normalised on them."""
+    from vla_gym.policies import VLAPolicy, get_config
+    from vla_gym.policies.presets import default_grounding_classes
+
+    changes: dict[str, Any] = {"action": demos.contract.name, "state_dim": demos.state_dim,
+                               "seed": config.seed}
+    aux: dict[str, Any] = {"grounding_weight": config.grounding_weight,
+                           "contrastive_weight": config.contrastive_weight}
+    if config.grounding_weight > 0:
+        aux["grounding_classes"] = default_grounding_classes()
+    changes["aux"] = aux
+    policy = VLAPolicy(get_config(config.preset, **changes))
+    policy.set_normalization(actions=demos.actions, states=demos.states)
+    return policy
+
+
+def check_demos_fit_policy(demos: Demos, policy: Any) -> None:
+    """Refuse before training when the demos and the policy disagree on shapes."""
+    cfg = policy.config
+    if demos.contract.name != cfg.action or demos.actions.shape[1] != policy.action_dim:
+        raise ValueError(
+            f"the demos' actions are {demos.contract.name} ({demos.actions.shape[1]}-D) but the "
+            f"policy outputs {cfg.action} ({policy.action_dim}-D); pick a preset for this env")
+    if cfg.use_state and demos.state_dim != cfg.state_dim:
+        raise ValueError(f"the demos' state is {demos.state_dim}-D but the policy expects "
+                         f"{cfg.state_dim}-D")
+
+
+class BCTrainer:
+    def __init__(self, demos: Demos, run_dir: str | Path, config: BCConfig | None = None,
+                 resume: bool = False) -> None:
+        import torch
+
+        self.demos, self.config = demos, config or BCConfig()
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(self.config.seed)
+        self.rng = np.random.default_rng(self.config.seed)
+        self.step = 0
+        self.history: dict[str, list] = {"step": [], "loss": [], "eval_step": [], "success": []}
+        self.evaluations: list[dict[str, Any]] = []
+        checkpoint = latest_checkpoint(self.run_dir) if resume else None
+        if resume and checkpoint is None:
+            raise FileNotFoundError(f"--resume: no checkpoint under {self.run_dir}/checkpoints")
+        self.policy = self._load_policy(checkpoint) if checkpoint else build_policy(
+            demos, self.config)
+        check_demos_fit_policy(demos, self.policy)
+        self.optimizer, self.scheduler = self._make_optimiser()
+        if checkpoint:
+            self._restore(load_trainer_state(checkpoint))
+
+    # -- set-up ------------------------------------------------------------------------------
+    @staticmethod
+    def _load_policy(checkpoint: Path) -> Any:
+        from vla_gym.policies import VLAPolicy
+
+        return VLAPolicy.from_pretrained(checkpoint)
+
+    def _make_optimiser(self):
+        import torch
+
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.config.lr,
+                                      weight_decay=self.config.weight_decay)
+        warmup, total = self.config.warmup_steps, self.config.steps
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = (step - warmup) / max(total - warmup, 1)
+            return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+    def _state(self) -> dict[str, Any]:
+        import torch
+
+        return {"step": self.step, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "rng": self.rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(), "history": self.history,
+                "evaluations": self.evaluations, "config": asdict(self.config)}
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        import torch
+
+        self.step = int(state["step"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        self.history, self.evaluations = state["history"], state["evaluations"]
+
+    # -- training ----------------------------------------------------------------------------
+    def sample_batch(self) -> dict[str, Any]:
+        demos = self.demos
+        index = self.rng.integers(0, len(demos), self.config.batch_size)
+        batch = demos.batch(index)
+        batch["image"] = random_shift(batch["image"], self.config.shift, self.rng)
+        return batch
+
+    def train_step(self) -> dict[str, float]:
+        import torch
+
+        self.policy.train()
+        loss, metrics = self.policy(self.sample_batch())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), 1.0)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return metrics
+
+    def checkpoint(self) -> Path:
+        return save_checkpoint(self.run_dir / "checkpoints" / "latest", self.policy, self._state())
+
+    def evaluate(self) -> dict[str, Any]:
+        from vla_gym.policies import BatchPolicyAdapter
+        from vla_gym.rollout import run_rollouts
+
+        cfg = self.config
+        summary = run_rollouts(self.demos.env_id, BatchPolicyAdapter(self.policy),
+                               episodes=cfg.eval_episodes, seed=cfg.eval_seed,
+                               num_envs=cfg.eval_num_envs, env_kwargs=self.demos.env_kwargs)
+        result = {"step": self.step, "success_rate": summary.success_rate,
+                  "success_ci95": list(summary.success_ci95), "episodes": summary.episodes,
+                  "mean_return": summary.mean_return, "per_task": summary.per_task}
+        self.evaluations.append(result)
+        self.history["eval_step"].append(self.step)
+        self.history["success"].append(summary.success_rate)
+        return result
+
+    def run(self, progress: bool = False) -> BCResult:
+        cfg = self.config
+        writer = _summary_writer(self.run_dir / "tb")
+        started = time.perf_counter()
+        losses: list[float] = []
+        try:
+            with _progress(progress, cfg.steps, self.step) as advance:
+                while self.step < cfg.steps:
+                    metrics = self.train_step()
+                    losses.append(metrics["loss"])
+                    advance()
+                    self._log(writer, metrics, losses)
+                    if self.step % cfg.checkpoint_every == 0:
+                        self.checkpoint()
+                    if cfg.eval_every and self.step % cfg.eval_every == 0 and (
+                            self.step < cfg.steps):
+                        self._log_eval(writer, self.evaluate())
+        except KeyboardInterrupt:
+            self.checkpoint()  # a loadable latest checkpoint, then leave as asked
+            raise
+        finally:
+            if writer is not None:
+                writer.flush()
+        self._log_eval(writer, self.evaluate())
+        self.checkpoint()
+        policy_dir = self.policy.save_pretrained(self.run_dir / "policy")
+        draw_learning_curve(self.history, self.run_dir / "learning_curve.png")
+        result = BCResult(self.run_dir, Path(policy_dir), self.step,
+                          float(np.mean(losses[-cfg.log_every:])) if losses else float("nan"),
+                          self.evaluations, time.perf_counter() - started)
+        self._write_summary(result)
+        if writer is not None:
+            writer.close()
+        return result
+
+    def _log(self, writer: Any, metrics: dict[str, float], losses: list[float]) -> None:
+        if self.step % self.config.log_every:
+            return
+        self.history["step"].append(self.step)
+        self.history["loss"].append(float(np.mean(losses[-self.config.log_every:])))
+        if writer is not None:
+            for key, value in metrics.items():
+                writer.add_scalar(f"train/{key}", value, self.step)
+            writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.step)
+
+    def _log_eval(self, writer: Any, result: dict[str, Any]) -> None:
+        if writer is not None:
+            writer.add_scalar("eval/success_rate", result["success_rate"], result["step"])
+            writer.add_scalar("eval/mean_return", result["mean_return"], result["step"])
+
+    def _write_summary(self, result: BCResult) -> None:
+        summary = {"env_id": self.demos.env_id, "episodes": self.demos.num_episodes,
+                   "transitions": len(self.demos), "config": asdict(self.config),
+                   "steps": result.steps, "final_loss": result.final_loss,
+                   "train_seconds": result.train_seconds, "evaluations": result.evaluations}
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+
+
+def train_bc(demos: Demos, run_dir: str | Path, config: BCConfig | None = None,
+             resume: bool = False, progress: bool = False) -> BCResult:
+    return BCTrainer(demos, run_dir, config, resume).run(progress)
+
+
+def _summary_writer(path: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is in the [train] extra; training works without it
+        return None
+    return SummaryWriter(str(path))
+
+
+class _progress:
+    """A rich progress bar when asked for, else a no-op; yields an ``advance()`` callable."""
+
+    def __init__(self, enabled: bool, total: int, done: int) -> None:
+        self.enabled, self.total, self.done = enabled, total, done
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda: None
+        from rich.progress import Progress
+
+        self._bar = Progress()
+        self._bar.start()
+        task = self._bar.add_task("bc", total=self.total, completed=self.done)
+        return lambda: self._bar.advance(task)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.enabled:
+            self._bar.stop()
+
+
+def draw_learning_curve(history: dict[str, list], path: Path) -> Path:
+    """Training loss (log scale) and in-env success against steps, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_success) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax_loss.plot(history["step"], history["loss"])
+    ax_loss.set(xlabel="step", ylabel="training loss", title="loss")
+    if history["loss"] and min(history["loss"]) > 0:
+        ax_loss.set_yscale("log")
+    ax_success.plot(history["eval_step"], history["success"], marker="o")
+    ax_success.set(xlabel="step", ylabel="success rate", ylim=(-0.02, 1.02), title="eval")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,156 @@
+"""Demonstrations in memory, as the BC trainer samples them.
+
+Transitions are flat arrays (images stay uint8: 200 pick episodes at 96 px are ~0.3 GB) with
+an episode index, so batches are fancy-indexed in one step. ``Demos`` comes from a recorded
+dataset (``from_dataset``) or straight from an expert in memory (``from_expert``, for tests
+and quick experiments).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vla_gym.types import IMAGE, INSTRUCTION, STATE, ActionContract
+
+
+@dataclass
+class Demos:
+    env_id: str
+    env_kwargs: dict[str, Any]
+    contract: ActionContract
+    images: np.ndarray  # (N, H, W, 3) uint8
+    instructions: np.ndarray  # (N,) str (object array)
+    states: np.ndarray  # (N, D) float32
+    actions: np.ndarray  # (N, A) float32
+    episode: np.ndarray  # (N,) int: which episode each transition belongs to
+    target_pos: np.ndarray | None = None  # (N, 3)
+    targets: np.ndarray | None = None  # (N,) target names
+
+    def __post_init__(self) -> None:
+        n = len(self.actions)
+        for name in ("images", "instructions", "states", "episode"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"Demos.{name} has {len(getattr(self, name))} rows, "
+                                 f"actions has {n}")
+        if self.images.dtype != np.uint8 or self.images.ndim != 4:
+            raise ValueError(f"Demos.images must be uint8 (N, H, W, 3), got "
+                             f"{self.images.dtype} {self.images.shape}")
+        if self.actions.shape[1] != self.contract.dim:
+            raise ValueError(f"actions are {self.actions.shape[1]}-D but {self.contract.name} "
+                             f"has {self.contract.dim} dims")
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+    @property
+    def state_dim(self) -> int:
+        return int(self.states.shape[1])
+
+    @property
+    def num_episodes(self) -> int:
+        return int(len(np.unique(self.episode)))
+
+    def batch(self, index: np.ndarray) -> dict[str, Any]:
+        batch: dict[str, Any] = {
+            IMAGE: self.images[index], INSTRUCTION: list(self.instructions[index]),
+            STATE: self.states[index], "action": self.actions[index],
+        }
+        if self.target_pos is not None:
+            batch["target_pos"] = self.target_pos[index]
+        if self.targets is not None:
+            batch["target"] = list(self.targets[index])
+        return batch
+
+    @classmethod
+    def from_episodes(cls, env_id: str, env_kwargs: dict[str, Any], contract: ActionContract,
+                      episodes: Iterable[dict[str, Any]]) -> Demos:
+        """Stack episodes given as dicts of per-step arrays (observations before each action).
+
+        Each episode needs ``image``, ``instruction`` (one str or one per step), ``state``,
+        ``action``; ``target_pos`` and ``target`` are optional.
+        """
+        parts: dict[str, list] = {k: [] for k in ("images", "instructions", "states", "actions",
+                                                  "episode", "target_pos", "targets")}
+        for number, ep in enumerate(episodes):
+            steps = len(ep["action"])
+            text = ep[INSTRUCTION]
+            parts["images"].append(np.asarray(ep[IMAGE][:steps], np.uint8))
+            parts["instructions"].append(np.array(
+                [text] * steps if isinstance(text, str) else list(text)[:steps], dtype=object))
+            parts["states"].append(np.asarray(ep[STATE][:steps], np.float32))
+            parts["actions"].append(np.asarray(ep["action"], np.float32))
+            parts["episode"].append(np.full(steps, number))
+            if "target_pos" in ep:
+                parts["target_pos"].append(np.asarray(ep["target_pos"][:steps], np.float32))
+            if "target" in ep:
+                target = ep["target"]
+                parts["targets"].append(np.array(
+                    [target] * steps if isinstance(target, str) else list(target)[:steps],
+                    dtype=object))
+        if not parts["actions"]:
+            raise ValueError("no episodes to build demos from")
+        stacked = {k: np.concatenate(v) if v else None for k, v in parts.items()}
+        return cls(env_id, dict(env_kwargs), contract, **stacked)
+
+    @classmethod
+    def from_expert(cls, env_id: str, episodes: int, seed: int = 0, **env_kwargs: Any) -> Demos:
+        """Record ``episodes`` expert episodes in memory (episode j from seed + j)."""
+        import gymnasium as gym
+
+        from vla_gym.experts import make_expert
+
+        env = gym.make(env_id, **env_kwargs)
+        expert = make_expert(env)
+        try:
+            recorded = [_record(env, expert, seed + j) for j in range(episodes)]
+        finally:
+            env.close()
+        return cls.from_episodes(env_id, env_kwargs, env.unwrapped.action_contract, recorded)
+
+    @classmethod
+    def from_dataset(cls, path: str | Path, only_success: bool = True) -> Demos:
+        """Load a recorded dataset (``vla-gym collect``) into memory, successful episodes only
+        by default (cloning a failure teaches the failure)."""
+        from vla_gym.data import load_demos
+
+        dataset = load_demos(path)
+        if dataset.env_id is None:
+            raise ValueError(f"{path}: the dataset does not say which env recorded it")
+        contract = dataset.make_env().unwrapped.action_contract
+        episodes = [_from_recorded(ep) for ep in dataset.episodes(only_success=only_success)]
+        return cls.from_episodes(dataset.env_id, dataset.env_kwargs, contract, episodes)
+
+
+def _from_recorded(episode: Any) -> dict[str, Any]:
+    """A recorded episode (T actions, T + 1 observations) as ``from_episodes`` takes it."""
+    steps = len(episode)
+    obs, infos = episode.observations, episode.infos
+    out = {IMAGE: obs[IMAGE][:steps], STATE: obs[STATE][:steps],
+           INSTRUCTION: list(obs[INSTRUCTION][:steps]), "action": episode.actions}
+    if "target_pos" in infos:
+        out["target_pos"] = np.asarray(infos["target_pos"])[:steps]
+    if "target" in infos:
+        out["target"] = [str(t) for t in infos["target"][:steps]]
+    return out
+
+
+def _record(env: Any, expert: Any, seed: int) -> dict[str, Any]:
+    obs, info = env.reset(seed=seed)
+    expert.reset()
+    steps: dict[str, list] = {IMAGE: [], STATE: [], "action": [], "target_pos": []}
+    done = False
+    while not done:
+        action = expert.act(obs)
+        steps[IMAGE].append(obs[IMAGE])
+        steps[STATE].append(obs[STATE])
+        steps["action"].append(action)
+        steps["target_pos"].append(info["target_pos"])
+        obs, _, terminated, truncated, info = env.step(action)
+        done = terminated or truncated
+    return {**{k: np.asarray(v) for k, v in steps.items()}, INSTRUCTION: obs[INSTRUCTION],
+            "target": info["target"], "success": bool(info["is_success"])}
