@@ -83,7 +83,7 @@ def rollout(
         console.print(f"wrote {json_path}")
 
 
-train_app = typer.Typer(no_args_is_help=True, help="Train policies: bc.")
+train_app = typer.Typer(no_args_is_help=True, help="Train policies: bc, reward, rlhf.")
 app.add_typer(train_app, name="train")
 
 
@@ -119,6 +119,82 @@ def train_bc_command(
     console.print(f"trained {result.steps} steps in {result.train_seconds:.0f} s, final loss "
                   f"{result.final_loss:.4f}, success {last.get('success_rate', float('nan')):.1%}"
                   f"; policy in {result.policy_dir}")
+
+
+@train_app.command("reward")
+def train_reward_command(
+    queries: list[Path] = typer.Option(..., "--queries", help="Query set directory (repeatable)."),
+    db: Path = typer.Option(..., "--db", help="Label database (labels.sqlite) of the queries."),
+    out: Path = typer.Option(..., "--out", help="Run directory (reward_model/, metrics.json)."),
+    env: str | None = typer.Option(None, "--env", help="Refuse query sets of any other env."),
+    members: int = typer.Option(3, "--members", min=1, help="Ensemble size."),
+    steps: int = typer.Option(300, "--steps", min=1, help="Optimiser steps per member."),
+    seed: int = typer.Option(0, "--seed"),
+    json_path: Path | None = typer.Option(None, "--json", help="Write the figures here."),
+):
+    """Bradley-Terry reward model (ensemble) on labelled queries; reports held-out accuracy."""
+    from vla_gym.training.query_files import QueryFileError
+    from vla_gym.training.reward_model import RewardModelConfig, train_reward_run
+
+    config = RewardModelConfig(members=members, steps=steps, seed=seed)
+    try:
+        metrics = train_reward_run([(q, db) for q in queries], out, config, env_id=env,
+                                   log=console.print)
+    except (QueryFileError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(code=2) from None
+    console.print(f"{metrics['pairs']} labelled pairs: held-out accuracy "
+                  f"{metrics['held_out_accuracy']:.1%} over {metrics['held_out_pairs']}; reward "
+                  f"model in {out / 'reward_model'}")
+    _write_json(json_path, metrics)
+
+
+@train_app.command("rlhf")
+def train_rlhf_command(
+    bc: Path = typer.Option(..., "--bc", help="BC run or checkpoint directory to start from."),
+    env: str = typer.Option(..., "--env", help="Env id."),
+    out: Path = typer.Option(..., "--out", help="Run directory."),
+    labels: int = typer.Option(1000, "--labels", min=0, help="Oracle labels in all."),
+    oracle_noise: float = typer.Option(0.0, "--oracle-noise", help="Oracle error rate."),
+    algo: str = typer.Option("ppo", "--algo", help="ppo | sac"),
+    steps: int = typer.Option(40_000, "--steps", min=0, help="RL env steps in all."),
+    iterations: int = typer.Option(4, "--iterations", min=1),
+    selection: str = typer.Option("disagreement", "--selection", help="disagreement | random"),
+    true_reward: bool = typer.Option(False, "--true-reward",
+                                     help="RL on the env's reward, no labels (upper anchor)."),
+    eval_episodes: int = typer.Option(50, "--eval-episodes", min=1),
+    queries: list[Path] | None = typer.Option(None, "--queries",
+                                              help="Extra labelled query set (repeatable)."),
+    db: Path | None = typer.Option(None, "--db", help="Label database of --queries."),
+    seed: int = typer.Option(0, "--seed"),
+    json_path: Path | None = typer.Option(None, "--json", help="Write the figures here."),
+):
+    """Rollouts -> queries -> oracle labels -> reward model -> RL from the BC policy, repeated."""
+    import dataclasses
+
+    from vla_gym.training.preferences import OracleConfig
+    from vla_gym.training.query_files import QueryFileError
+    from vla_gym.training.rlhf import RLConfig, RLHFConfig, run_rlhf
+
+    if env not in vla_gym.ENV_TABLE:
+        raise typer.BadParameter(f"unknown env {env!r}; valid: {list(vla_gym.ENV_TABLE)}")
+    if queries and db is None:
+        raise typer.BadParameter("--queries needs --db (the labels of those queries)")
+    try:
+        config = RLHFConfig(env_id=env, labels=labels, iterations=iterations, rl_steps=steps,
+                            selection=selection, true_reward=true_reward,
+                            eval_episodes=eval_episodes, seed=seed,
+                            oracle=OracleConfig(flip=oracle_noise, seed=seed),
+                            rl=dataclasses.replace(RLConfig(), algo=algo, seed=seed))
+        metrics = run_rlhf(config, bc, out, [(q, db) for q in queries or []] if db else None,
+                           log=console.print)
+    except (QueryFileError, ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(code=2) from None
+    final, before = metrics["final"]["eval"], metrics["bc_eval"]
+    console.print(f"success {before['success_rate']:.1%} (BC) -> {final['success_rate']:.1%} "
+                  f"with {metrics['final']['labels']} labels; policy in {out / 'policy'}")
+    _write_json(json_path, metrics)
 
 
 @app.command("eval")

@@ -39,7 +39,7 @@ def _signal_after(proc: subprocess.Popen, folder: Path, count: int, sig: int) ->
         assert time.monotonic() < deadline, "collection made no progress"
         time.sleep(0.05)
     proc.send_signal(sig)
-    proc.communicate(timeout=60)
+    proc.output = proc.communicate(timeout=60)[0]  # kept for assertion messages
     return _finished(folder)
 
 
@@ -62,7 +62,7 @@ def test_sigkill_keeps_finished_episodes_and_rerun_completes(tmp_path):
 def test_sigint_stops_cleanly_with_exit_130(tmp_path):
     proc = _start(PICK, 40, tmp_path, num_envs=1)
     survivors = _signal_after(proc, dataset_dir(tmp_path, PICK), 2, signal.SIGINT)
-    assert proc.returncode == 130
+    assert proc.returncode == 130, proc.output
     demos = load_demos(tmp_path)
     assert len(demos) == len(survivors) >= 2  # one env: nothing waits out of order
     assert not list((dataset_dir(tmp_path, PICK) / ".pending").glob(".staging-*"))

@@ -20,6 +20,7 @@ from gymnasium.vector import AutoresetMode
 
 from vla_gym.data.layout import dataset_id, episode_dirs, read_json
 from vla_gym.data.writer import DemoWriter
+from vla_gym.interrupts import StopRequest
 from vla_gym.rollout import info_row, merge_info
 from vla_gym.vector import make_vec
 
@@ -221,11 +222,13 @@ def _run(writer, env_id, todo, episodes, seed, num_envs, mode, jpeg, kwargs, pro
                    wrappers=[ExpertActions], **kwargs)
     interrupted, results = False, {}
     try:
-        writer.open(vec.single_observation_space, vec.single_action_space,
-                    _env_spec(env_id, kwargs), jpeg=jpeg)
-        slots = _Slots(todo, num_envs, seed, episodes, vec.single_observation_space)
-        _loop(vec, slots, writer, results, len(todo), env_id, progress_on)
-    except KeyboardInterrupt:
+        with StopRequest() as stop:
+            writer.open(vec.single_observation_space, vec.single_action_space,
+                        _env_spec(env_id, kwargs), jpeg=jpeg)
+            slots = _Slots(todo, num_envs, seed, episodes, vec.single_observation_space)
+            _loop(vec, slots, writer, results, len(todo), env_id, progress_on, stop)
+            interrupted = stop.requested
+    except KeyboardInterrupt:  # a second Ctrl-C, or one a spawned worker re-raised
         interrupted = True
     finally:
         vec.close(terminate=interrupted)  # spawned workers saw the Ctrl-C too
@@ -233,7 +236,7 @@ def _run(writer, env_id, todo, episodes, seed, num_envs, mode, jpeg, kwargs, pro
 
 
 def _loop(vec, slots: _Slots, writer: DemoWriter, results: dict, total: int, env_id: str,
-          progress_on: bool) -> None:
+          progress_on: bool, stop: StopRequest) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     obs, info = vec.reset(seed=[slots.assign(i) for i in range(vec.num_envs)])
@@ -242,7 +245,7 @@ def _loop(vec, slots: _Slots, writer: DemoWriter, results: dict, total: int, env
                TimeRemainingColumn())
     with Progress(*columns, disable=not progress_on, transient=True) as bar:
         task = bar.add_task(f"collect {env_id}", total=total)
-        while slots.busy:
+        while slots.busy and not stop.requested:
             actions = np.asarray(info["expert_action"], dtype=np.float32)
             obs, reward, terminated, truncated, info = vec.step(actions)
             for i, episode in enumerate(slots.running):

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_gym.interrupts import StopRequest
 from vla_gym.training.augment import random_shift
 from vla_gym.training.checkpoints import latest_checkpoint, load_trainer_state, save_checkpoint
 from vla_gym.training.demos import Demos
@@ -202,8 +203,10 @@ class BCTrainer:
         started = time.perf_counter()
         losses: list[float] = []
         try:
-            with _progress(progress, cfg.steps, self.step) as advance:
+            with StopRequest() as stop, _progress(progress, cfg.steps, self.step) as advance:
                 while self.step < cfg.steps:
+                    if stop.requested:
+                        raise KeyboardInterrupt  # between steps: the state is whole
                     metrics = self.train_step()
                     losses.append(metrics["loss"])
                     advance()
