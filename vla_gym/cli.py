@@ -100,6 +100,8 @@ def train_bc_command(
     grounding: float = typer.Option(0.0, "--grounding", help="Grounding loss weight."),
     contrastive: float = typer.Option(0.0, "--contrastive", help="Contrastive loss weight."),
     seed: int = typer.Option(0, "--seed"),
+    time_budget: float | None = typer.Option(
+        None, "--time-budget", min=1, help="Stop training after this many seconds."),
     resume: bool = typer.Option(False, "--resume", help="Continue RUN's latest checkpoint."),
 ):
     """Behaviour cloning on recorded demos; evaluates in the env as it goes."""
@@ -108,7 +110,8 @@ def train_bc_command(
 
     config = BCConfig(preset=preset, steps=steps, batch_size=batch_size, lr=lr,
                       eval_every=eval_every, eval_episodes=eval_episodes,
-                      grounding_weight=grounding, contrastive_weight=contrastive, seed=seed)
+                      grounding_weight=grounding, contrastive_weight=contrastive, seed=seed,
+                      time_budget_s=time_budget)
     demos = Demos.from_dataset(dataset)
     try:
         result = train_bc(demos, out, config, resume=resume, progress=sys.stderr.isatty())

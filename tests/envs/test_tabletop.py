@@ -9,6 +9,7 @@ from gymnasium.utils.env_checker import check_env
 
 import vla_gym
 from vla_gym.envs.language import parse_instruction
+from vla_gym.envs.language.vocabulary import COLOURS
 
 TABLETOP_IDS = [env_id for env_id in vla_gym.ENV_TABLE if "Tabletop" in env_id]
 
@@ -80,6 +81,18 @@ def test_info_names_the_true_target(env):
                                    atol=1e-3)
         assert info["is_success"] is False
         assert any(key.startswith("reward_") for key in info)
+
+
+def test_target_pixel_points_at_the_target_in_the_image(env):
+    for seed in range(5):
+        obs, info = env.reset(seed=seed)
+        column, row = (info["target_pixel"] * obs["image"].shape[0]).astype(int)
+        patch = obs["image"][row - 1:row + 2, column - 1:column + 2].reshape(-1, 3).astype(float)
+        colour = np.asarray(COLOURS[env.unwrapped.episode.target.colour][:3]) * 255
+        # the rendered colour is shaded, so compare against the table's colour as well
+        table = obs["image"][-2, obs["image"].shape[1] // 2].astype(float)
+        nearest = np.linalg.norm(patch - colour, axis=1).min()
+        assert nearest < np.linalg.norm(table - colour), (seed, info["target"], patch)
 
 
 @pytest.mark.parametrize("bad", [np.zeros(6), np.zeros((7, 1)), [np.nan] * 7, [np.inf] * 7])

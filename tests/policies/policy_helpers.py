@@ -22,7 +22,8 @@ OBS_KEYS = ("image", "instruction", "state")
 def collect_batch(env_id: str, n: int, image_size: int = 64, seed: int = 0) -> dict[str, Any]:
     """``n`` observations (one per seeded episode, after one random step) with targets."""
     env = gym.make(env_id, image_size=image_size)
-    rows: dict[str, list] = {k: [] for k in (*OBS_KEYS, "action", "target_pos", "target")}
+    rows: dict[str, list] = {k: [] for k in (*OBS_KEYS, "action", "target_pos", "target_pixel",
+                                             "target")}
     env.action_space.seed(seed)
     for i in range(n):
         env.reset(seed=seed + i)
@@ -32,6 +33,7 @@ def collect_batch(env_id: str, n: int, image_size: int = 64, seed: int = 0) -> d
             rows[key].append(obs[key])
         rows["action"].append(env.action_space.sample())
         rows["target_pos"].append(info["target_pos"])
+        rows["target_pixel"].append(info["target_pixel"])
         rows["target"].append(info["target"])
     env.close()
     batch = {k: np.stack(v) for k, v in rows.items() if k not in ("instruction", "target")}

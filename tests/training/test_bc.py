@@ -29,9 +29,11 @@ def test_demos_from_expert_hold_aligned_arrays(pick_demos):
     assert d.images.shape[1:] == (48, 48, 3) and d.images.dtype == np.uint8
     assert d.actions.shape == (len(d), 7) and d.states.shape == (len(d), 20)
     assert d.num_episodes == 3 and len(set(d.instructions)) == 3
-    assert d.target_pos.shape == (len(d), 3)
+    assert d.target_pos.shape == (len(d), 3) and d.target_pixel.shape == (len(d), 2)
+    assert np.isfinite(d.target_pixel).all() and ((d.target_pixel > 0) & (d.target_pixel < 1)).all()
     batch = d.batch(np.array([0, 5]))
-    assert set(batch) == {"image", "instruction", "state", "action", "target_pos", "target"}
+    assert set(batch) == {"image", "instruction", "state", "action", "target_pos",
+                          "target_pixel", "target"}
 
 
 def test_loss_falls_well_below_its_start(pick_demos, tmp_path):
@@ -49,6 +51,14 @@ def test_run_writes_policy_curve_summary_and_evaluates(pick_demos, tmp_path):
     assert (tmp_path / "learning_curve.png").stat().st_size > 1000
     assert (tmp_path / "summary.json").is_file() and any((tmp_path / "tb").iterdir())
     assert result.evaluations[-1]["episodes"] == 2 and result.steps == 20
+
+
+def test_time_budget_stops_training_early_and_still_saves(pick_demos, tmp_path):
+    result = train_bc(pick_demos, tmp_path, _config(steps=10_000, time_budget_s=1.0))
+    assert 0 < result.steps < 10_000
+    assert (result.policy_dir / "config.json").is_file() and result.evaluations
+    with pytest.raises(ValueError, match="time_budget_s"):
+        BCConfig(time_budget_s=0)
 
 
 def test_resume_continues_exactly_where_it_stopped(pick_demos, tmp_path):

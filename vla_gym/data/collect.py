@@ -31,6 +31,7 @@ INFO_DEFAULTS: dict[str, Any] = {
     "task": "",
     "target": "",
     "target_pos": np.zeros(3),
+    "target_pixel": np.full(2, np.nan),  # where the target is in the image (NaN: not in view)
     "physics_diverged": False,
 }
 

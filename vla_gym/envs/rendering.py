@@ -120,3 +120,22 @@ def renderer_info() -> dict[str, str]:
         return info
     finally:
         renderer.close()
+
+
+def project_to_image(model: mujoco.MjModel, data: mujoco.MjData, camera: str,
+                     point: np.ndarray) -> np.ndarray:
+    """Where a world point appears in ``camera``'s image: (column, row) in [0, 1] when in view.
+
+    Values outside [0, 1] mean outside the frame; NaN means behind the camera. Ground truth
+    for a spatial grounding loss (which image cell holds the instructed object).
+    """
+    cam = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
+    if cam < 0:
+        raise ValueError(f"no camera named {camera!r} in the model")
+    # MuJoCo cameras look down their -z axis with +x right and +y up.
+    local = data.cam_xmat[cam].reshape(3, 3).T @ (np.asarray(point, float) - data.cam_xpos[cam])
+    depth = -local[2]
+    if depth <= 1e-6:
+        return np.full(2, np.nan)
+    focal = 0.5 / np.tan(np.radians(model.cam_fovy[cam]) / 2)  # square images: one focal
+    return np.array([0.5 + focal * local[0] / depth, 0.5 - focal * local[1] / depth])

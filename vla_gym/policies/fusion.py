@@ -3,13 +3,18 @@
 - ``concat``: late fusion, pooled image and instruction vectors side by side.
 - ``gated``: late fusion where a learned gate weighs image against instruction per feature.
 - ``film``: the instruction scales and shifts every image token (FiLM, as in RT-1), read out
-  by mean pooling plus a spatial softmax (where each modulated feature peaks), so the result
-  says *where* the named object is, not only whether it is there.
+  by mean pooling, a spatial softmax (where each modulated feature peaks) and a
+  language-conditioned *target map*: one logit per image cell, whose softmax gives the
+  expected (x, y) of the instructed object and its features. The grounding loss can supervise
+  that map directly with the cell the target is in, a far denser signal than regressing
+  a position from pooled features.
 - ``cross_attention``: image tokens attend to words and words to image tokens, both ways.
 - ``early``: one transformer over image tokens and word tokens together (with a CLS token);
   with ``vision.kind='vit', vision.depth=0`` the image tokens are raw patch embeddings.
 
-Every module maps ``(vision pooled, vision tokens, LanguageFeatures)`` to ``(B, cfg.dim)``.
+Every module maps ``(vision pooled, vision tokens, LanguageFeatures)`` to ``(B, cfg.dim)``;
+``forward_with_map`` also returns the target map's logits ``(B, tokens)`` where a fusion has one
+(else None).
 """
 
 from __future__ import annotations
@@ -25,6 +30,10 @@ from vla_gym.policies.layers import Block, CrossBlock, masked_mean
 class Fusion(nn.Module):
     def forward(self, v_pooled: Tensor, v_tokens: Tensor, lang: LanguageFeatures) -> Tensor:
         raise NotImplementedError
+
+    def forward_with_map(self, v_pooled: Tensor, v_tokens: Tensor, lang: LanguageFeatures,
+                         ) -> tuple[Tensor, Tensor | None]:
+        return self(v_pooled, v_tokens, lang), None
 
 
 class ConcatFusion(Fusion):
@@ -82,13 +91,24 @@ class FiLMFusion(Fusion):
         nn.init.zeros_(self.film.bias)
         self.out = nn.Sequential(nn.GELU(), nn.Linear(cfg.dim, cfg.dim))
         self.keypoints = SpatialSoftmax(n_tokens)
-        self.readout = nn.Sequential(nn.Linear(3 * cfg.dim, cfg.dim), nn.GELU())
+        self.target_logit = nn.Linear(cfg.dim, 1)
+        self.readout = nn.Sequential(nn.Linear(4 * cfg.dim + 2, cfg.dim), nn.GELU())
 
     def forward(self, v_pooled: Tensor, v_tokens: Tensor, lang: LanguageFeatures) -> Tensor:
+        return self.forward_with_map(v_pooled, v_tokens, lang)[0]
+
+    def forward_with_map(self, v_pooled: Tensor, v_tokens: Tensor, lang: LanguageFeatures,
+                         ) -> tuple[Tensor, Tensor | None]:
         gamma, beta = self.film(lang.pooled).unsqueeze(1).chunk(2, dim=-1)
         x = self.out(self.norm(self.v(v_tokens)) * (1 + gamma) + beta)
         pooled = nn.functional.gelu(x).mean(dim=1)
-        return self.readout(torch.cat([pooled, self.keypoints(x)], dim=-1))
+        logits = self.target_logit(x).squeeze(-1)  # (B, N): where the instructed object is
+        weights = torch.softmax(logits, dim=1)
+        attended = torch.einsum("bn,bnd->bd", weights, x)
+        where = (weights @ self.keypoints.grid if self.keypoints.valid
+                 else logits.new_zeros(logits.shape[0], 2))
+        fused = self.readout(torch.cat([pooled, self.keypoints(x), attended, where], dim=-1))
+        return fused, logits
 
 
 class CrossAttentionFusion(Fusion):

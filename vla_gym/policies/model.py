@@ -28,6 +28,7 @@ class TrunkOutput:
     features: Tensor  # (B, hidden): what the heads read
     vision: Tensor  # (B, Dv) pooled image embedding (contrastive loss)
     language: Tensor  # (B, Dl) pooled instruction embedding (contrastive loss)
+    target_map: Tensor | None = None  # (B, tokens) logits of where the target is (grounding)
 
 
 def num_vision_tokens(cfg: VisionConfig, patch_size: int) -> int:
@@ -135,9 +136,9 @@ class VLATrunk(nn.Module):
     def forward(self, images: Tensor, lang: LanguageFeatures, state: Tensor | None,
                 ) -> TrunkOutput:
         v_pooled, v_tokens = self.vision(images)
-        fused = self.fusion(v_pooled, v_tokens, lang)
+        fused, target_map = self.fusion.forward_with_map(v_pooled, v_tokens, lang)
         if self.config.use_state:
             if state is None:
                 raise ValueError("this policy reads the 'state' observation but got none")
             fused = torch.cat([fused, self.state(state)], dim=-1)
-        return TrunkOutput(self.out(fused), v_pooled, lang.pooled)
+        return TrunkOutput(self.out(fused), v_pooled, lang.pooled, target_map)

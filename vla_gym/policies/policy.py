@@ -137,7 +137,9 @@ class VLAPolicy(nn.Module):
     def forward(self, batch: dict[str, Any]) -> tuple[Tensor, Metrics]:
         """Total loss and float metrics for a batch of observations plus ``action``.
 
-        Optional keys: ``target_pos`` (B, 3) and ``target`` (B names) for the grounding head.
+        Optional keys for the grounding head: ``target_pos`` (B, 3), ``target`` (B names) and
+        ``target_pixel`` (B, 2: where the target is in the image, supervising a fusion's
+        target map).
         """
         inputs = self.preprocess(batch)
         if "action" not in batch:
@@ -157,12 +159,13 @@ class VLAPolicy(nn.Module):
                     metrics: Metrics) -> Tensor:
         total = out.features.new_zeros(())
         aux = self.config.aux
-        has_targets = "target_pos" in batch or "target" in batch
+        has_targets = any(key in batch for key in ("target_pos", "target", "target_pixel"))
         if self.grounding is not None and has_targets:
-            pos = batch.get("target_pos")
-            pos_t = None if pos is None else torch.as_tensor(
-                np.asarray(pos, dtype=np.float32), device=self.device)
-            g_loss, g_metrics = self.grounding.loss(out.features, pos_t, batch.get("target"))
+            pos_t, pixel_t = (None if batch.get(key) is None else torch.as_tensor(
+                np.asarray(batch[key], dtype=np.float32), device=self.device)
+                for key in ("target_pos", "target_pixel"))
+            g_loss, g_metrics = self.grounding.loss(out.features, pos_t, batch.get("target"),
+                                                    out.target_map, pixel_t)
             total = total + aux.grounding_weight * g_loss
             metrics.update(grounding_loss=g_loss.item(), **g_metrics)
         if self.contrastive is not None and inputs.batch_size > 1:

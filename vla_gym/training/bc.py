@@ -44,6 +44,8 @@ class BCConfig:
     checkpoint_every: int = 250
     log_every: int = 50
     seed: int = 0
+    time_budget_s: float | None = None  # stop early once training has taken this long
+    policy_changes: dict[str, Any] = field(default_factory=dict)  # on top of the preset
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_episodes", "eval_num_envs",
@@ -52,6 +54,8 @@ class BCConfig:
                 raise ValueError(f"BCConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"BCConfig.lr must be > 0, got {self.lr}")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise ValueError(f"BCConfig.time_budget_s must be > 0, got {self.time_budget_s}")
 
 
 @dataclass
@@ -70,7 +74,7 @@ def build_policy(demos: Demos, config: BCConfig) -> Any:
     from vla_gym.policies.presets import default_grounding_classes
 
     changes: dict[str, Any] = {"action": demos.contract.name, "state_dim": demos.state_dim,
-                               "seed": config.seed}
+                               "seed": config.seed, **config.policy_changes}
     aux: dict[str, Any] = {"grounding_weight": config.grounding_weight,
                            "contrastive_weight": config.contrastive_weight}
     if config.grounding_weight > 0:
@@ -207,6 +211,9 @@ class BCTrainer:
                 while self.step < cfg.steps:
                     if stop.requested:
                         raise KeyboardInterrupt  # between steps: the state is whole
+                    if cfg.time_budget_s is not None and (
+                            time.perf_counter() - started > cfg.time_budget_s):
+                        break  # out of training time: evaluate and save what there is
                     metrics = self.train_step()
                     losses.append(metrics["loss"])
                     advance()
@@ -222,13 +229,14 @@ class BCTrainer:
         finally:
             if writer is not None:
                 writer.flush()
+        trained_s = time.perf_counter() - started  # periodic evaluations included
         self._log_eval(writer, self.evaluate())
         self.checkpoint()
         policy_dir = self.policy.save_pretrained(self.run_dir / "policy")
         draw_learning_curve(self.history, self.run_dir / "learning_curve.png")
         result = BCResult(self.run_dir, Path(policy_dir), self.step,
                           float(np.mean(losses[-cfg.log_every:])) if losses else float("nan"),
-                          self.evaluations, time.perf_counter() - started)
+                          self.evaluations, trained_s)
         self._write_summary(result)
         if writer is not None:
             writer.close()

@@ -17,6 +17,9 @@ import numpy as np
 
 from vla_gym.types import IMAGE, INSTRUCTION, STATE, ActionContract
 
+# Per-step ground truth the grounding head learns from, recorded next to each frame.
+POSITION_LABELS = ("target_pos", "target_pixel")
+
 
 @dataclass
 class Demos:
@@ -29,6 +32,7 @@ class Demos:
     actions: np.ndarray  # (N, A) float32
     episode: np.ndarray  # (N,) int: which episode each transition belongs to
     target_pos: np.ndarray | None = None  # (N, 3)
+    target_pixel: np.ndarray | None = None  # (N, 2) image (column, row) in [0, 1]; NaN unseen
     targets: np.ndarray | None = None  # (N,) target names
 
     def __post_init__(self) -> None:
@@ -60,8 +64,10 @@ class Demos:
             IMAGE: self.images[index], INSTRUCTION: list(self.instructions[index]),
             STATE: self.states[index], "action": self.actions[index],
         }
-        if self.target_pos is not None:
-            batch["target_pos"] = self.target_pos[index]
+        for key in POSITION_LABELS:
+            values = getattr(self, key)
+            if values is not None:
+                batch[key] = values[index]
         if self.targets is not None:
             batch["target"] = list(self.targets[index])
         return batch
@@ -75,7 +81,7 @@ class Demos:
         ``action``; ``target_pos`` and ``target`` are optional.
         """
         parts: dict[str, list] = {k: [] for k in ("images", "instructions", "states", "actions",
-                                                  "episode", "target_pos", "targets")}
+                                                  "episode", "targets", *POSITION_LABELS)}
         for number, ep in enumerate(episodes):
             steps = len(ep["action"])
             text = ep[INSTRUCTION]
@@ -85,8 +91,9 @@ class Demos:
             parts["states"].append(np.asarray(ep[STATE][:steps], np.float32))
             parts["actions"].append(np.asarray(ep["action"], np.float32))
             parts["episode"].append(np.full(steps, number))
-            if "target_pos" in ep:
-                parts["target_pos"].append(np.asarray(ep["target_pos"][:steps], np.float32))
+            for key in POSITION_LABELS:
+                if key in ep:
+                    parts[key].append(np.asarray(ep[key][:steps], np.float32))
             if "target" in ep:
                 target = ep["target"]
                 parts["targets"].append(np.array(
@@ -132,8 +139,9 @@ def _from_recorded(episode: Any) -> dict[str, Any]:
     obs, infos = episode.observations, episode.infos
     out = {IMAGE: obs[IMAGE][:steps], STATE: obs[STATE][:steps],
            INSTRUCTION: list(obs[INSTRUCTION][:steps]), "action": episode.actions}
-    if "target_pos" in infos:
-        out["target_pos"] = np.asarray(infos["target_pos"])[:steps]
+    for key in POSITION_LABELS:
+        if key in infos:
+            out[key] = np.asarray(infos[key])[:steps]
     if "target" in infos:
         out["target"] = [str(t) for t in infos["target"][:steps]]
     return out
@@ -142,14 +150,16 @@ def _from_recorded(episode: Any) -> dict[str, Any]:
 def _record(env: Any, expert: Any, seed: int) -> dict[str, Any]:
     obs, info = env.reset(seed=seed)
     expert.reset()
-    steps: dict[str, list] = {IMAGE: [], STATE: [], "action": [], "target_pos": []}
+    steps: dict[str, list] = {IMAGE: [], STATE: [], "action": [],
+                              **{key: [] for key in POSITION_LABELS}}
     done = False
     while not done:
         action = expert.act(obs)
         steps[IMAGE].append(obs[IMAGE])
         steps[STATE].append(obs[STATE])
         steps["action"].append(action)
-        steps["target_pos"].append(info["target_pos"])
+        for key in POSITION_LABELS:
+            steps[key].append(info.get(key, np.full(2, np.nan)))
         obs, _, terminated, truncated, info = env.step(action)
         done = terminated or truncated
     return {**{k: np.asarray(v) for k, v in steps.items()}, INSTRUCTION: obs[INSTRUCTION],

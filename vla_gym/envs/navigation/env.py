@@ -51,7 +51,7 @@ from vla_gym.envs.navigation.world import (
     sample_furniture,
     sample_rooms,
 )
-from vla_gym.envs.rendering import EnvRenderers, check_quality
+from vla_gym.envs.rendering import EnvRenderers, check_quality, project_to_image
 from vla_gym.envs.robots.diff_drive import DiffDriveBase
 from vla_gym.types import (
     BASE_VELOCITY,
@@ -334,6 +334,8 @@ class NavEnv(gym.Env[dict[str, Any], np.ndarray]):
             # In the odometry frame, like ``state``: what a grounding head can learn to predict.
             "target_pos": np.array([*self._to_odometry(episode.target.xy), 0.0]),
             "target_pos_world": np.array([*episode.target.xy, 0.0]),
+            "target_pixel": project_to_image(self.model, self.data, self.observation_camera,
+                                             np.array([*episode.target.xy, 0.0])),
             "target_shape": episode.target.shape,
             "target_colour": episode.target.colour,
             "robot_pose": pose,

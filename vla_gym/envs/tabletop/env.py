@@ -29,7 +29,7 @@ from vla_gym.envs.base import (
     validate_action,
 )
 from vla_gym.envs.language import COLOURS, SHAPES
-from vla_gym.envs.rendering import EnvRenderers, check_quality
+from vla_gym.envs.rendering import EnvRenderers, check_quality, project_to_image
 from vla_gym.envs.robots.arm import ArmRobot
 from vla_gym.envs.tabletop.layout import Layout, sample_layout
 from vla_gym.envs.tabletop.objects import add_object_pool
@@ -272,6 +272,8 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
             "task": episode.family,
             "target": episode.target.name,
             "target_pos": self.sim.object_pos(episode.target.slot),
+            "target_pixel": project_to_image(self.model, self.data, self.observation_camera,
+                                             self.sim.object_pos(episode.target.slot)),
             "destination": episode.destination.name if episode.destination else "",
             "physics_diverged": diverged,
         }

@@ -1,0 +1,105 @@
+"""Behaviour-cloning quality bars: demos -> BC under a training-time budget -> seeded evaluation.
+
+For each env id: record ``--demos`` expert episodes (seeds 0..N-1), train the preset with the
+grounding loss for at most ``--time-budget`` seconds of training, then evaluate on unseen
+seeds (from 100 000) with ``vla_gym.evaluation.evaluate``: success with a 95% Wilson interval,
+per task family, the counterfactual-instruction test, and for multitask ids the held-out
+paraphrase split (``--split test``) as a ratio to the in-distribution rate.
+
+    python benchmarks/bench_bc.py --env vla_gym/TabletopPick-v0 --env vla_gym/NavGoTo-v0 \\
+        --demos 200 --time-budget 900 --json runs/bench/bc.json
+
+``--language minilm`` swaps the preset's text encoder for the pretrained MiniLM (frozen).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import vla_gym  # noqa: F401  (registers the env ids)
+from vla_gym.evaluation import evaluate
+from vla_gym.policies.configuration import MINILM
+from vla_gym.training.bc import BCConfig, train_bc
+from vla_gym.training.demos import Demos
+
+EVAL_SEED = 100_000
+
+
+def preset_for(env_id: str, preset: str) -> str:
+    """The mobile base has its own small preset (2-D velocity, odometry state)."""
+    return "nav-small" if preset == "small" and "/Nav" in env_id else preset
+
+
+def run_one(env_id: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    demos = Demos.from_expert(env_id, args.demos, seed=0)
+    collect_s = time.perf_counter() - started
+    changes: dict[str, Any] = {}
+    if args.language == "minilm":
+        changes["language"] = {"kind": "hf", "pretrained": MINILM}
+    config = BCConfig(preset=preset_for(env_id, args.preset), steps=args.max_steps,
+                      batch_size=args.batch_size, grounding_weight=args.grounding,
+                      eval_every=0, eval_episodes=10, time_budget_s=args.time_budget,
+                      policy_changes=changes, seed=args.seed)
+    result = train_bc(demos, out / env_id.split("/")[-1], config)
+    figures: dict[str, Any] = {
+        "env_id": env_id, "demos": demos.num_episodes, "transitions": len(demos),
+        "collect_seconds": round(collect_s, 1), "train_seconds": round(result.train_seconds, 1),
+        "train_steps": result.steps, "preset": config.preset, "language": args.language,
+        "torch_threads": torch.get_num_threads(),
+    }
+    train = evaluate(result.policy_dir, env_id, episodes=args.eval_episodes, seed=EVAL_SEED,
+                     counterfactual_episodes=args.eval_episodes)
+    figures["train_split"] = train
+    if "MultiTask" in env_id:
+        test = evaluate(result.policy_dir, env_id, episodes=args.eval_episodes, seed=EVAL_SEED,
+                        split="test", counterfactual_episodes=0)
+        figures["test_split"] = test
+        rate = train["success_rate"]
+        figures["test_over_train"] = test["success_rate"] / rate if rate else None
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", action="append", help="env id (repeatable)")
+    parser.add_argument("--demos", type=int, default=200)
+    parser.add_argument("--time-budget", type=float, default=900.0,
+                        help="seconds of training per env (periodic evaluation included)")
+    parser.add_argument("--max-steps", type=int, default=100_000)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--language", choices=("preset", "minilm"), default="preset")
+    parser.add_argument("--grounding", type=float, default=1.0)
+    parser.add_argument("--eval-episodes", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (2 cores)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("runs/bench/bc"))
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    envs = args.env or ["vla_gym/TabletopPick-v0", "vla_gym/NavGoTo-v0"]
+    report = {"runs": [run_one(env_id, args, args.out) for env_id in envs]}
+    for run in report["runs"]:
+        train = run["train_split"]
+        lo, hi = train["success_ci95"]
+        line = (f"{run['env_id']}: {run['demos']} demos, {run['train_steps']} steps in "
+                f"{run['train_seconds']:.0f} s -> success {train['success_rate']:.1%} "
+                f"({lo:.1%}-{hi:.1%}), counterfactual "
+                f"{train['counterfactual']['success_rate']:.1%}")
+        if "test_split" in run:
+            line += f", test/train {run['test_over_train']}"
+        print(line)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
