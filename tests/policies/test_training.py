@@ -127,3 +127,19 @@ def test_film_target_map_learns_where_the_target_is(tabletop_batch):
     assert before["grounding_cell_accuracy"] < 0.5
     assert after["grounding_cell_accuracy"] == 1.0, after
     assert after["grounding_pos_error_m"] < before["grounding_pos_error_m"]
+
+
+def test_bilinear_cell_weights_are_a_distribution_centred_on_the_position():
+    from vla_gym.policies.heads import bilinear_cell_weights
+
+    side = 8
+    pixels = torch.tensor([[0.30, 0.60], [0.0625, 0.0625], [0.99, 0.01]])
+    weights = bilinear_cell_weights(pixels, side)
+    assert torch.allclose(weights.sum(-1), torch.ones(3))
+    index = torch.arange(side * side)
+    cols, rows = (index % side).float(), (index // side).float()
+    expected = torch.stack([(weights * cols).sum(-1), (weights * rows).sum(-1)], -1)
+    # cell-centre coordinates: pixel * side - 0.5, clamped to the grid
+    assert torch.allclose(expected[0], torch.tensor([1.9, 4.3]), atol=1e-5)
+    assert torch.allclose(expected[1], torch.tensor([0.0, 0.0]), atol=1e-5)
+    assert torch.allclose(expected[2], torch.tensor([7.0, 0.0]), atol=1e-5)
