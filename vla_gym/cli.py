@@ -166,6 +166,7 @@ def train_rlhf_command(
     true_reward: bool = typer.Option(False, "--true-reward",
                                      help="RL on the env's reward, no labels (upper anchor)."),
     eval_episodes: int = typer.Option(50, "--eval-episodes", min=1),
+    clips: bool = typer.Option(False, "--clips", help="Write an MP4 per queried segment."),
     queries: list[Path] | None = typer.Option(None, "--queries",
                                               help="Extra labelled query set (repeatable)."),
     db: Path | None = typer.Option(None, "--db", help="Label database of --queries."),
@@ -185,7 +186,7 @@ def train_rlhf_command(
         raise typer.BadParameter("--queries needs --db (the labels of those queries)")
     try:
         config = RLHFConfig(env_id=env, labels=labels, iterations=iterations, rl_steps=steps,
-                            selection=selection, true_reward=true_reward,
+                            selection=selection, true_reward=true_reward, clips=clips,
                             eval_episodes=eval_episodes, seed=seed,
                             oracle=OracleConfig(flip=oracle_noise, seed=seed),
                             rl=dataclasses.replace(RLConfig(), algo=algo, seed=seed))

@@ -1,0 +1,136 @@
+"""RL from preferences vs the BC policy it starts from, with PPO on the true reward as the anchor.
+
+Starting from a BC run (``--bc``), for the same RL budget (``--steps`` env steps, PPO):
+
+* **RLHF** at each label budget of ``--labels`` (oracle labels; the largest is the headline),
+  the learner seeing only the learned reward;
+* **anchor**: PPO on the env's true reward, same steps, same BC penalty (the upper bound);
+
+then every policy, the BC one included, is evaluated on the same ``--eval-episodes`` seeded
+scenes with :func:`vla_gym.evaluation.evaluate` (success with a 95% Wilson interval). The
+label-efficiency curve is success against labels, one RLHF run per budget.
+
+    nice -n 10 python benchmarks/bench_rlhf.py --bc runs/bc_pick --env vla_gym/TabletopPick-v0 \\
+        --labels 250,500,1000 --steps 40000 --json runs/bench/rlhf.json
+
+Without ``--bc``, ``--demos N`` first trains a quick BC policy (``small`` preset) on N expert
+demos, for trying the benchmark out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import vla_gym  # noqa: F401  (registers the env ids)
+from vla_gym.evaluation import evaluate
+from vla_gym.training.preferences import OracleConfig
+from vla_gym.training.rlhf import RLConfig, RLHFConfig, run_rlhf
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--bc", type=Path, help="BC run or checkpoint directory")
+    parser.add_argument("--demos", type=int, default=0, help="train a quick BC on N demos")
+    parser.add_argument("--bc-steps", type=int, default=3000)
+    parser.add_argument("--env", default="vla_gym/TabletopPick-v0")
+    parser.add_argument("--labels", default="250,500,1000",
+                        help="comma-separated label budgets (one RLHF run each)")
+    parser.add_argument("--steps", type=int, default=40_000, help="RL env steps per run")
+    parser.add_argument("--iterations", type=int, default=4)
+    parser.add_argument("--oracle-noise", type=float, default=0.0)
+    parser.add_argument("--bc-weight", type=float, default=RLConfig.bc_weight)
+    parser.add_argument("--eval-episodes", type=int, default=100)
+    parser.add_argument("--no-anchor", action="store_true", help="skip PPO on the true reward")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("runs/bench/rlhf"))
+    parser.add_argument("--json", type=Path, default=None)
+    return parser.parse_args()
+
+
+def quick_bc(env_id: str, demos: int, steps: int, out: Path, seed: int) -> Path:
+    from vla_gym.training.bc import BCConfig, train_bc
+    from vla_gym.training.demos import Demos
+
+    data = Demos.from_expert(env_id, demos, seed=seed, image_size=64)
+    config = BCConfig(steps=steps, batch_size=32, eval_every=0, eval_episodes=10,
+                      grounding_weight=1.0, seed=seed)
+    return train_bc(data, out, config).policy_dir
+
+
+def success(report: dict[str, Any]) -> dict[str, Any]:
+    low, high = report["success_ci95"]
+    return {"success_rate": report["success_rate"], "ci95": [low, high],
+            "episodes": report["episodes"], "mean_return": report["mean_return"]}
+
+
+def final_eval(policy: Path, args: argparse.Namespace) -> dict[str, Any]:
+    return success(evaluate(policy, args.env, episodes=args.eval_episodes,
+                            counterfactual_episodes=0, env_kwargs={"image_size": 64}))
+
+
+def run(name: str, config: RLHFConfig, bc: Path, args: argparse.Namespace) -> dict[str, Any]:
+    started = time.perf_counter()
+    metrics = run_rlhf(config, bc, args.out / name, log=lambda m: print(f"[{name}] {m}",
+                                                                         flush=True))
+    entry = {"labels": metrics["final"]["labels"], "rl_steps": metrics["final"]["rl_steps"],
+             "eval": final_eval(args.out / name / "policy", args),
+             "per_iteration": [{"labels": it.get("labels_total", 0),
+                                "success_rate": it["eval"]["success_rate"],
+                                "held_out_accuracy": it.get("reward_model", {}).get(
+                                    "held_out_accuracy")}
+                               for it in metrics["iterations"]],
+             "seconds": time.perf_counter() - started}
+    print(f"[{name}] success {entry['eval']['success_rate']:.1%} "
+          f"{_ci(entry['eval'])} with {entry['labels']} labels", flush=True)
+    return entry
+
+
+def _ci(figures: dict[str, Any]) -> str:
+    low, high = figures["ci95"]
+    return f"(95% CI {low:.1%}-{high:.1%})"
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    bc = args.bc
+    if bc is None:
+        if not args.demos:
+            raise SystemExit("give --bc PATH (a BC run) or --demos N to train a quick one")
+        bc = quick_bc(args.env, args.demos, args.bc_steps, args.out / "bc", args.seed)
+    rl = dataclasses.replace(RLConfig(), bc_weight=args.bc_weight, seed=args.seed)
+    base = RLHFConfig(env_id=args.env, iterations=args.iterations, rl_steps=args.steps,
+                      eval_episodes=20, oracle=OracleConfig(flip=args.oracle_noise,
+                                                            seed=args.seed),
+                      rl=rl, seed=args.seed)
+    report: dict[str, Any] = {"env_id": args.env, "bc": str(bc), "rl_steps": args.steps,
+                              "oracle_noise": args.oracle_noise, "config": dataclasses.asdict(base)}
+    report["bc_eval"] = final_eval(bc, args)
+    print(f"BC: success {report['bc_eval']['success_rate']:.1%} {_ci(report['bc_eval'])}")
+    budgets = sorted(int(b) for b in args.labels.split(","))
+    report["rlhf"] = [run(f"rlhf_{n}", dataclasses.replace(base, labels=n), bc, args)
+                      for n in budgets]
+    if not args.no_anchor:
+        report["anchor"] = run("ppo_true_reward", dataclasses.replace(base, true_reward=True),
+                               bc, args)
+    headline = report["rlhf"][-1]
+    report["success_gain"] = (headline["eval"]["success_rate"]
+                              - report["bc_eval"]["success_rate"])
+    print(f"gain with {headline['labels']} labels: {100 * report['success_gain']:+.1f} points")
+    path = args.json or args.out / "report.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
