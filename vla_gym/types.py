@@ -18,6 +18,8 @@ WRIST_IMAGE = "wrist_image"
 TOP_IMAGE = "top_image"  # navigation: optional overhead view
 INSTRUCTION = "instruction"
 STATE = "state"
+# Image observation keys and the env camera that fills each (``cameras=`` env kwarg).
+CAMERA_OF_VIEW = {IMAGE: "main", WRIST_IMAGE: "wrist", TOP_IMAGE: "top"}
 
 DEFAULT_IMAGE_SIZE = 96
 MAX_INSTRUCTION_LENGTH = 256
@@ -118,3 +120,25 @@ BASE_VELOCITY = ActionContract(
     },
     rate_limit=(1.0, 3.0),
 )
+
+# What each entry of the proprioceptive ``state`` is, per robot (keyed by its action contract).
+ARM_STATE_FIELDS: tuple[str, ...] = (
+    *(f"q{i}" for i in range(1, 7)), *(f"dq{i}" for i in range(1, 7)), "gripper_opening",
+    "ee_x", "ee_y", "ee_z", "ee_qw", "ee_qx", "ee_qy", "ee_qz",
+)
+BASE_STATE_FIELDS: tuple[str, ...] = ("x", "y", "yaw", "v", "omega")
+STATE_FIELDS: dict[str, tuple[str, ...]] = {
+    ARM_EE_DELTA.name: ARM_STATE_FIELDS,
+    BASE_VELOCITY.name: BASE_STATE_FIELDS,
+}
+VELOCITY_FIELDS = frozenset({*(f"dq{i}" for i in range(1, 7)), "v", "omega"})
+
+
+def state_indices_without_velocities(contract: ActionContract, state_dim: int
+                                     ) -> tuple[int, ...]:
+    """Indices of the state entries of ``contract``'s robot that are not velocities."""
+    fields = STATE_FIELDS[contract.name]
+    if state_dim != len(fields):
+        raise ValueError(f"a {contract.name} robot's state has {len(fields)} entries {fields}, "
+                         f"got {state_dim}")
+    return tuple(i for i, name in enumerate(fields) if name not in VELOCITY_FIELDS)

@@ -13,7 +13,8 @@ from typing import Any
 import mujoco
 import numpy as np
 from gymnasium import spaces
-from gymnasium.vector.utils import read_from_shared_memory
+from gymnasium.spaces.utils import flatten
+from gymnasium.vector.utils import read_from_shared_memory, write_to_shared_memory
 
 from vla_gym.types import INSTRUCTION_CHARSET, MAX_INSTRUCTION_LENGTH
 
@@ -74,7 +75,22 @@ class InstructionText(spaces.Text):
     being live views; for plain ``Text`` that read is a tuple of str, i.e. a stale copy.
     Reading this space yields a ``LiveTextBatch`` that decodes the buffer on access and
     deep-copies (as AsyncVectorEnv does before returning observations) to a tuple of str.
+    Both directions are cached, as the instruction only changes at reset but crosses the
+    buffer on every step.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._codes: dict[str, np.ndarray] = {}
+
+    def codes(self, text: str) -> np.ndarray:
+        """``flatten(self, text)`` (charset indices, padded), remembered per instruction."""
+        codes = self._codes.get(text)
+        if codes is None:
+            if len(self._codes) >= 1024:  # a few phrasings per episode: keep the cache small
+                self._codes.clear()
+            codes = self._codes[text] = np.asarray(flatten(self, text))
+        return codes
 
 
 class LiveTextBatch(Sequence[str]):
@@ -82,34 +98,52 @@ class LiveTextBatch(Sequence[str]):
         self._n = n
         self._codes = np.frombuffer(buffer.get_obj(), dtype=np.int32).reshape(n, -1)
         # Codes index the charset; anything past it pads. A byte lookup table decodes a whole
-        # row in one vectorised step (the parent does this for every env on every step).
+        # row in one vectorised step.
         chars = space.character_list
         self._pad = len(chars)
         self._table = np.array([ord(c) for c in chars], dtype=np.uint8)
         if any(ord(c) > 127 for c in chars):
             raise ValueError("InstructionText needs an ASCII charset")
+        self._seen = np.full_like(self._codes, -1)  # the codes ``_texts`` was decoded from
+        self._texts: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return self._n
 
     def __getitem__(self, index):  # type: ignore[override]
-        if isinstance(index, slice):
-            return tuple(self[i] for i in range(*index.indices(self._n)))
-        row = self._codes[index]
+        return self._decoded()[index]
+
+    def _decoded(self) -> tuple[str, ...]:
+        """Every row as str; decoded again only when the buffer changed (at resets)."""
+        if not np.array_equal(self._codes, self._seen):
+            np.copyto(self._seen, self._codes)
+            self._texts = tuple(self._decode(row) for row in self._seen)
+        return self._texts
+
+    def _decode(self, row: np.ndarray) -> str:
         ends = np.flatnonzero(row >= self._pad)
         length = int(ends[0]) if len(ends) else len(row)
         return self._table[row[:length]].tobytes().decode("ascii")
 
     def __deepcopy__(self, memo: dict) -> tuple[str, ...]:
-        return tuple(self)
+        return self._decoded()
 
     def __repr__(self) -> str:
-        return repr(tuple(self))
+        return repr(self._decoded())
 
 
 @read_from_shared_memory.register(InstructionText)
 def _read_instruction_batch(space: InstructionText, shared_memory: Any, n: int = 1):
     return LiveTextBatch(space, shared_memory, n)
+
+
+@write_to_shared_memory.register(InstructionText)
+def _write_instruction(space: InstructionText, index: int, value: str,
+                       shared_memory: Any) -> None:
+    # gymnasium's Text writer, with the encoding cached (it loops over the characters).
+    size = space.max_length
+    destination = np.frombuffer(shared_memory.get_obj(), dtype=np.int32)
+    destination[index * size:(index + 1) * size] = space.codes(value)
 
 
 def instruction_space() -> spaces.Text:
@@ -133,17 +167,24 @@ def check_instruction(text: Any) -> str:
     return text
 
 
+def clip_into(values: np.ndarray, low: Any, high: Any) -> np.ndarray:
+    """``np.clip(values, low, high, out=values)`` as two ufunc calls: the same numbers without
+    np.clip's Python-level dispatch, which shows in code that runs every env step."""
+    np.maximum(values, low, out=values)
+    return np.minimum(values, high, out=values)
+
+
 def validate_action(action: Any, shape: tuple[int, ...]) -> np.ndarray:
     """Float64 copy of ``action``, clipped to [-1, 1]; ValueError on wrong shape or non-finite."""
     try:
-        array = np.asarray(action, dtype=np.float64)
+        array = np.array(action, dtype=np.float64)  # always a copy: it is clipped in place
     except (TypeError, ValueError) as exc:
         raise ValueError(f"action must be a numeric array of shape {shape}: {exc}") from None
     if array.shape != shape:
         raise ValueError(f"action must have shape {shape}, got {array.shape}")
-    if not np.all(np.isfinite(array)):
+    if not np.isfinite(array).all():
         raise ValueError(f"action must be finite (no NaN/inf), got {array.tolist()}")
-    return np.clip(array, -1.0, 1.0)
+    return clip_into(array, -1.0, 1.0)
 
 
 def geoms_touch_body(
@@ -160,16 +201,18 @@ def geoms_touch_body(
     return bool((on_body[:, 0] & in_mask[:, 1] | on_body[:, 1] & in_mask[:, 0]).any())
 
 
-_DIVERGENCE_WARNINGS = [
-    int(mujoco.mjtWarning.mjWARN_BADQPOS),
-    int(mujoco.mjtWarning.mjWARN_BADQVEL),
-    int(mujoco.mjtWarning.mjWARN_BADQACC),
-]
+_DIVERGENCE_WARNINGS = slice(
+    int(mujoco.mjtWarning.mjWARN_BADQPOS), int(mujoco.mjtWarning.mjWARN_BADQACC) + 1)
+# A slice (not a fancy index) keeps the per-step read cheap; it relies on the three warnings
+# being adjacent in mjtWarning, which this checks once at import.
+assert [int(mujoco.mjtWarning.mjWARN_BADQPOS), int(mujoco.mjtWarning.mjWARN_BADQVEL),
+        int(mujoco.mjtWarning.mjWARN_BADQACC)] == list(range(_DIVERGENCE_WARNINGS.start,
+                                                            _DIVERGENCE_WARNINGS.stop))
 
 
 def divergence_count(data: mujoco.MjData) -> int:
     """MuJoCo's running count of bad-state warnings; compare before and after stepping."""
-    return int(data.warning.number[_DIVERGENCE_WARNINGS].sum())
+    return sum(data.warning.number[_DIVERGENCE_WARNINGS].tolist())
 
 
 def diverged_since(data: mujoco.MjData, count_before: int) -> bool:

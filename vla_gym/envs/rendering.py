@@ -122,6 +122,28 @@ def renderer_info() -> dict[str, str]:
         renderer.close()
 
 
+class CameraProjection:
+    """Where world points appear in one camera's image (see ``project_to_image``), with the
+    camera's id and focal length looked up once: envs project the target every step."""
+
+    def __init__(self, model: mujoco.MjModel, camera: str) -> None:
+        cam = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
+        if cam < 0:
+            raise ValueError(f"no camera named {camera!r} in the model")
+        self.camera_id = cam
+        self.focal = 0.5 / np.tan(np.radians(model.cam_fovy[cam]) / 2)  # square images
+
+    def __call__(self, data: mujoco.MjData, point: np.ndarray) -> np.ndarray:
+        cam = self.camera_id
+        # MuJoCo cameras look down their -z axis with +x right and +y up.
+        local = data.cam_xmat[cam].reshape(3, 3).T @ (np.asarray(point, float) - data.cam_xpos[cam])
+        depth = -local[2]
+        if depth <= 1e-6:
+            return np.full(2, np.nan)
+        return np.array([0.5 + self.focal * local[0] / depth,
+                         0.5 - self.focal * local[1] / depth])
+
+
 def project_to_image(model: mujoco.MjModel, data: mujoco.MjData, camera: str,
                      point: np.ndarray) -> np.ndarray:
     """Where a world point appears in ``camera``'s image: (column, row) in [0, 1] when in view.
@@ -129,13 +151,4 @@ def project_to_image(model: mujoco.MjModel, data: mujoco.MjData, camera: str,
     Values outside [0, 1] mean outside the frame; NaN means behind the camera. Ground truth
     for a spatial grounding loss (which image cell holds the instructed object).
     """
-    cam = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
-    if cam < 0:
-        raise ValueError(f"no camera named {camera!r} in the model")
-    # MuJoCo cameras look down their -z axis with +x right and +y up.
-    local = data.cam_xmat[cam].reshape(3, 3).T @ (np.asarray(point, float) - data.cam_xpos[cam])
-    depth = -local[2]
-    if depth <= 1e-6:
-        return np.full(2, np.nan)
-    focal = 0.5 / np.tan(np.radians(model.cam_fovy[cam]) / 2)  # square images: one focal
-    return np.array([0.5 + focal * local[0] / depth, 0.5 - focal * local[1] / depth])
+    return CameraProjection(model, camera)(data, point)

@@ -51,7 +51,7 @@ from vla_gym.envs.navigation.world import (
     sample_furniture,
     sample_rooms,
 )
-from vla_gym.envs.rendering import EnvRenderers, check_quality, project_to_image
+from vla_gym.envs.rendering import CameraProjection, EnvRenderers, check_quality
 from vla_gym.envs.robots.diff_drive import DiffDriveBase
 from vla_gym.types import (
     BASE_VELOCITY,
@@ -136,6 +136,7 @@ class NavEnv(gym.Env[dict[str, Any], np.ndarray]):
         self.observation_space = self._make_observation_space()
         self.renderers = EnvRenderers(self.model, self.image_size, self.render_size,
                                        self.render_quality)
+        self._project = CameraProjection(self.model, self.observation_camera)
         self.episode: NavEpisode | None = None
         self.grid: OccupancyGrid | None = None
         self.field: np.ndarray | None = None  # path length (m) to the target's goal region
@@ -334,8 +335,7 @@ class NavEnv(gym.Env[dict[str, Any], np.ndarray]):
             # In the odometry frame, like ``state``: what a grounding head can learn to predict.
             "target_pos": np.array([*self._to_odometry(episode.target.xy), 0.0]),
             "target_pos_world": np.array([*episode.target.xy, 0.0]),
-            "target_pixel": project_to_image(self.model, self.data, self.observation_camera,
-                                             np.array([*episode.target.xy, 0.0])),
+            "target_pixel": self._project(self.data, np.array([*episode.target.xy, 0.0])),
             "target_shape": episode.target.shape,
             "target_colour": episode.target.colour,
             "robot_pose": pose,

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import mujoco
 import numpy as np
 
-from vla_gym.envs.base import geoms_touch_body
-from vla_gym.types import ARM_EE_DELTA
+from vla_gym.envs.base import clip_into, geoms_touch_body
+from vla_gym.types import ARM_EE_DELTA, ARM_STATE_FIELDS
 
 # Gripper pointing straight down with the fingers closing along world y (rotation pi about y).
 _DOWN_QUAT = np.array([0.0, 0.0, 1.0, 0.0])
@@ -66,7 +66,7 @@ class ArmConfig:
 class ArmRobot:
     """Six-joint arm + parallel gripper, driven by 7-D end-effector delta actions."""
 
-    STATE_DIM: int = 20
+    STATE_DIM: int = len(ARM_STATE_FIELDS)
 
     def __init__(self, config: ArmConfig | None = None) -> None:
         self.config = config or ArmConfig()
@@ -114,6 +114,9 @@ class ArmRobot:
         self._qsl = _as_slice(self._qadr)
         self._dsl = _as_slice(self._dadr)
         self._asl = _as_slice(self._act)
+        # What to index qpos / qvel with: the slice where there is one, else the id array.
+        self._qix = self._qadr if self._qsl is None else self._qsl
+        self._dix = self._dadr if self._dsl is None else self._dsl
         self._ctrl_lo = model.actuator_ctrlrange[self._act, 0].copy()
         self._ctrl_hi = model.actuator_ctrlrange[self._act, 1].copy()
 
@@ -169,7 +172,7 @@ class ArmRobot:
     def _clamp_target(self, data: mujoco.MjData) -> None:
         """Clamp to the workspace box and leash to the measured pose; fill the 6-D error."""
         cfg = self.config
-        np.clip(self.target_pos, self._low, self._high, out=self.target_pos)
+        clip_into(self.target_pos, self._low, self._high)
         pos = data.site_xpos[self._site]
         err = self._err
         np.subtract(self.target_pos, pos, out=err[:3])
@@ -194,12 +197,8 @@ class ArmRobot:
         model = self._require_model()
         mujoco.mj_jacSite(model, data, self._jacp, self._jacr, self._site)
         jac = self._jac
-        if self._dsl is not None:
-            jac[:3] = self._jacp[:, self._dsl]
-            jac[3:] = self._jacr[:, self._dsl]
-        else:
-            jac[:3] = self._jacp[:, self._dadr]
-            jac[3:] = self._jacr[:, self._dadr]
+        jac[:3] = self._jacp[:, self._dix]
+        jac[3:] = self._jacr[:, self._dix]
         np.matmul(jac, jac.T, out=self._jjt)
         self._jjt += self._eye
         mujoco.mju_cholFactor(self._jjt, 0.0)
@@ -211,7 +210,7 @@ class ArmRobot:
         if self._qsl is not None and self._asl is not None:
             ctrl = data.ctrl[self._asl]
             np.add(data.qpos[self._qsl], dq, out=ctrl)
-            np.clip(ctrl, self._ctrl_lo, self._ctrl_hi, out=ctrl)
+            clip_into(ctrl, self._ctrl_lo, self._ctrl_hi)
         else:
             data.ctrl[self._act] = np.clip(data.qpos[self._qadr] + dq, self._ctrl_lo, self._ctrl_hi)
 
@@ -226,8 +225,8 @@ class ArmRobot:
     def state(self, data: mujoco.MjData) -> np.ndarray:
         """float32 (20,): joint qpos(6), qvel(6), gripper opening(1), EE pos(3), EE quat wxyz(4)."""
         out = np.empty(self.STATE_DIM, dtype=np.float32)
-        out[0:6] = data.qpos[self._qadr]
-        out[6:12] = data.qvel[self._dadr]
+        out[0:6] = data.qpos[self._qix]
+        out[6:12] = data.qvel[self._dix]
         out[12] = self.gripper_opening(data)
         out[13:16] = data.site_xpos[self._site]
         out[16:20] = self.ee_quat(data)

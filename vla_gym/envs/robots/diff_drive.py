@@ -22,9 +22,9 @@ import mujoco
 import numpy as np
 
 from vla_gym.envs.base import diverged_since, divergence_count
-from vla_gym.types import BASE_VELOCITY
+from vla_gym.types import BASE_STATE_FIELDS, BASE_VELOCITY
 
-STATE_FIELDS = ("x", "y", "yaw", "v", "omega")
+STATE_FIELDS = BASE_STATE_FIELDS
 
 
 def wrap_angle(angle: float) -> float:

@@ -29,7 +29,7 @@ from vla_gym.envs.base import (
     validate_action,
 )
 from vla_gym.envs.language import COLOURS, SHAPES
-from vla_gym.envs.rendering import EnvRenderers, check_quality, project_to_image
+from vla_gym.envs.rendering import CameraProjection, EnvRenderers, check_quality
 from vla_gym.envs.robots.arm import ArmRobot
 from vla_gym.envs.tabletop.layout import Layout, sample_layout
 from vla_gym.envs.tabletop.objects import add_object_pool
@@ -125,6 +125,7 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
         self.observation_space = self._make_observation_space()
         self.renderers = EnvRenderers(self.model, self.image_size, self.render_size,
                                        self.render_quality)
+        self._project = CameraProjection(self.model, self.observation_camera)
         self.episode: Episode | None = None
         self._last_obs: dict[str, Any] | None = None
 
@@ -177,7 +178,7 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
         self.sim.apply_layout(layout)
         mujoco.mj_forward(self.model, self.data)
         obs = self._observation()
-        return obs, self._info(task, diverged=False)
+        return obs, self._info(self._score(task))
 
     def _choose_family(self, requested: str | None) -> str:
         if requested is not None:
@@ -227,11 +228,12 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
         task = self.tasks[self.episode.family]
         if step_physics(self.model, self.data, self.frame_skip):
             # Keep the last finite observation; the episode cannot continue from NaNs.
-            return copy_observation(self._last_obs), 0.0, False, True, self._info(task, True)
+            return copy_observation(self._last_obs), 0.0, False, True, self._info(None)
         obs = self._observation()
-        info = self._info(task, diverged=False)
-        reward = sum(self.reward_weights.get(k[7:], 0.0) * v
-                     for k, v in info.items() if k.startswith("reward_"))
+        terms = self._score(task)
+        # Summed in the order of the terms (success last), as the info lists them.
+        reward = sum(self.reward_weights.get(name, 0.0) * value for name, value in terms.items())
+        info = self._info(terms)
         terminated = bool(info["is_success"] and self.terminate_on_success)
         return obs, float(reward), terminated, False, info
 
@@ -265,30 +267,36 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
             row[-1] = 1.0
         return rows
 
-    def _info(self, task: TabletopTask, diverged: bool) -> dict[str, Any]:
+    def _score(self, task: TabletopTask) -> dict[str, float]:
+        """The task's named reward terms, then ``success`` (1.0 or 0.0) from ``evaluate()``."""
+        assert self.episode is not None
+        terms = task.reward_terms(self.sim, self.episode)
+        terms["success"] = float(task.evaluate(self.sim, self.episode)["success"])
+        return terms
+
+    def _info(self, terms: dict[str, float] | None) -> dict[str, Any]:
+        """The step's info; ``terms`` from ``_score``, or None when physics diverged."""
         episode = self.episode
         assert episode is not None
+        target_pos = self.sim.object_pos(episode.target.slot)
         info: dict[str, Any] = {
             "task": episode.family,
             "target": episode.target.name,
-            "target_pos": self.sim.object_pos(episode.target.slot),
-            "target_pixel": project_to_image(self.model, self.data, self.observation_camera,
-                                             self.sim.object_pos(episode.target.slot)),
+            "target_pos": target_pos,
+            "target_pixel": self._project(self.data, target_pos),
             "destination": episode.destination.name if episode.destination else "",
-            "physics_diverged": diverged,
+            "physics_diverged": terms is None,
         }
         if episode.destination is not None:
             info["destination_pos"] = self.sim.object_pos(episode.destination.slot)
         if episode.goal_xy is not None:
             info["goal_xy"] = np.asarray(episode.goal_xy)
-        if diverged:
+        if terms is None:
             info["is_success"] = False
             return info
-        for name, value in task.reward_terms(self.sim, episode).items():
+        for name, value in terms.items():
             info[f"reward_{name}"] = value
-        success = task.evaluate(self.sim, episode)["success"]
-        info["reward_success"] = float(success)
-        info["is_success"] = success
+        info["is_success"] = bool(terms["success"])
         return info
 
     # -- rendering ---------------------------------------------------------------------------

@@ -28,7 +28,7 @@ class PickTask(TabletopTask):
         return {
             "reach": self.reach_term(sim, episode),
             "grasp": float(sim.is_grasping(slot)),
-            "lift": float(np.clip(sim.object_height(slot) / LIFT_HEIGHT, 0.0, 1.0)),
+            "lift": min(max(sim.object_height(slot) / LIFT_HEIGHT, 0.0), 1.0),
         }
 
     def evaluate(self, sim: TabletopSim, episode: Episode) -> dict[str, bool]:

@@ -85,7 +85,7 @@ class TabletopSim:
         return self.slots[slot].speed(self.data)
 
     def ee_pos(self) -> np.ndarray:
-        return self.robot.ee_pos(self.data).copy()
+        return self.robot.ee_pos(self.data)  # already a copy
 
     def is_grasping(self, slot: str) -> bool:
         return self.robot.is_grasping(self.data, self.slots[slot].body_id)
