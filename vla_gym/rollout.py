@@ -200,6 +200,11 @@ def run_rollouts(
     if episodes < 1 or num_envs < 1:
         raise ValueError(f"episodes and num_envs must be >= 1, got {episodes}, {num_envs}")
     kwargs = dict(env_kwargs or {})
+    name = str(policy) if isinstance(policy, (str, Path)) else getattr(policy, "__name__",
+                                                                         "custom")
+    if isinstance(policy, (str, Path)) and Path(policy).is_dir():
+        policy = _load_checkpoint(policy)
+    kwargs.update({k: v for k, v in policy_env_kwargs(policy).items() if k not in kwargs})
     if recorder is None and video_path is not None:
         recorder = VideoRecorder(video_path)
     if recorder is not None:
@@ -213,8 +218,23 @@ def run_rollouts(
         summary = _loop(vec, act, env_id, episodes, seed, recorder, video_episodes, progress)
     finally:
         vec.close()
-    summary.policy = policy if isinstance(policy, str) else getattr(policy, "__name__", "custom")
+    summary.policy = name
     return summary
+
+
+def _load_checkpoint(path: str | Path) -> BatchPolicy:
+    from vla_gym.policies import load_batch_policy
+
+    return load_batch_policy(path)
+
+
+def policy_env_kwargs(policy: Any) -> dict[str, Any]:
+    """Env kwargs a policy needs: the cameras of every image view it reads (a VLAPolicy, or
+    an adapter holding one as ``.policy``); {} for anything else."""
+    config = getattr(getattr(policy, "policy", policy), "config", None)
+    if not getattr(config, "extra_views", ()):
+        return {}
+    return {"cameras": config.cameras}
 
 
 def _resolve_policy(policy: str | BatchPolicy, vec: gym.vector.VectorEnv, seed: int):
@@ -223,10 +243,6 @@ def _resolve_policy(policy: str | BatchPolicy, vec: gym.vector.VectorEnv, seed: 
     makers = {"random": random_policy, "expert": expert_policy}
     if policy in makers:
         return makers[policy](vec.action_space, seed)
-    if Path(policy).is_dir():
-        from vla_gym.policies import load_batch_policy
-
-        return load_batch_policy(policy)
     raise ValueError(f"policy must be one of {tuple(makers)}, a checkpoint directory or a "
                      f"callable, got {policy!r}")
 

@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from vla_gym.types import ARM_EE_DELTA, BASE_VELOCITY, ActionContract
+from vla_gym.types import ARM_EE_DELTA, BASE_VELOCITY, CAMERA_OF_VIEW, IMAGE, ActionContract
 
 FORMAT_VERSION = 1
 
@@ -194,8 +194,15 @@ class VLAConfig:
     uncertainty: UncertaintyConfig = field(default_factory=UncertaintyConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     action: str = ARM_EE_DELTA.name
+    # Image observations read, main camera first; each extra view (e.g. "wrist_image") gets
+    # its own encoder and fusion, their features concatenated.
+    views: tuple[str, ...] = (IMAGE,)
     state_dim: int = 20
     use_state: bool = True
+    # Which entries of the state vector the policy reads; () = all. Leaving out velocities
+    # keeps a cloned policy from copying its own previous action (velocity ~ last command),
+    # a shortcut that ignores the images.
+    state_indices: tuple[int, ...] = ()
     hidden: int = 256
     resize_images: bool = True
     seed: int = 0
@@ -204,6 +211,16 @@ class VLAConfig:
     def __post_init__(self) -> None:
         _choice("config", "action", self.action, tuple(ACTION_CONTRACTS))
         _positive("config", state_dim=self.state_dim, hidden=self.hidden)
+        bad = [i for i in self.state_indices if not 0 <= i < self.state_dim]
+        if bad or len(set(self.state_indices)) != len(self.state_indices):
+            raise ValueError(f"config.state_indices must be distinct indices into the "
+                             f"{self.state_dim}-D state, got {self.state_indices!r}")
+        views = tuple(self.views)
+        if not views or views[0] != IMAGE or len(set(views)) != len(views):
+            raise ValueError(f"config.views must start with {IMAGE!r} and name each view once, "
+                             f"got {views!r}")
+        for view in views[1:]:
+            _choice("config", "views", view, tuple(CAMERA_OF_VIEW))
         if self.finetune.vision == "lora" and self.vision.kind == "cnn":
             raise ValueError("finetune.vision='lora' needs a transformer vision encoder "
                              "('vit' or 'clip'), not 'cnn'")
@@ -211,6 +228,16 @@ class VLAConfig:
     @property
     def contract(self) -> ActionContract:
         return ACTION_CONTRACTS[self.action]
+
+    @property
+    def extra_views(self) -> tuple[str, ...]:
+        """Image keys read besides the main camera's."""
+        return tuple(self.views[1:])
+
+    @property
+    def cameras(self) -> tuple[str, ...]:
+        """The env's ``cameras=`` kwarg that provides every view this policy reads."""
+        return tuple(CAMERA_OF_VIEW[view] for view in self.views)
 
     @property
     def action_dim(self) -> int:

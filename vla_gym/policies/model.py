@@ -104,26 +104,47 @@ class VLATrunk(nn.Module):
         self.vision = build_vision(config.vision)
         self.language = language if language is not None else build_language(
             config.language, base_dir)
-        apply_finetune(self.vision, config.finetune.vision, config.finetune)
-        apply_finetune(self.language, config.finetune.language, config.finetune)
         patch = getattr(getattr(self.vision, "model", None), "config", config.vision)
         n_tokens = num_vision_tokens(config.vision, patch.patch_size)
-        self.fusion = build_fusion(config.fusion, self.vision.out_dim, self.language.out_dim,
-                                   n_tokens)
-        width = config.fusion.dim
+
+        def fusion() -> nn.Module:
+            return build_fusion(config.fusion, self.vision.out_dim, self.language.out_dim,
+                                n_tokens)
+
+        self.fusion = fusion()
+        width = config.fusion.dim * len(config.views)
         if config.use_state:
-            self.state = mlp(config.state_dim, config.hidden, config.hidden, layers=2)
+            read = len(config.state_indices) or config.state_dim
+            self.state = mlp(read, config.hidden, config.hidden, layers=2)
             width += config.hidden
+            self.register_buffer("state_index", torch.tensor(config.state_indices,
+                                                             dtype=torch.long),
+                                 persistent=False)
+        # Extra camera views (a wrist camera): an encoder and a fusion of their own, since what
+        # a view sees and how it relates to the instruction differ from the main camera's.
+        # Built after the main path so that path's weights do not depend on the views.
+        self.extra_vision = nn.ModuleList()
+        self.extra_fusion = nn.ModuleList()
+        for _ in config.extra_views:
+            self.extra_vision.append(build_vision(config.vision))
+            self.extra_fusion.append(fusion())
+        for encoder in self.vision_encoders:
+            apply_finetune(encoder, config.finetune.vision, config.finetune)
+        apply_finetune(self.language, config.finetune.language, config.finetune)
         self.out = nn.Sequential(mlp(width, config.hidden, config.hidden, layers=2), nn.GELU())
         self.cache = InstructionCache(config.language.cache_size)
 
     def train(self, mode: bool = True) -> VLATrunk:
         """Like ``nn.Module.train`` but frozen encoders stay in eval mode (no dropout)."""
         super().train(mode)
-        for encoder in (self.vision, self.language):
+        for encoder in (*self.vision_encoders, self.language):
             if is_frozen(encoder):
                 encoder.eval()
         return self
+
+    @property
+    def vision_encoders(self) -> list[nn.Module]:
+        return [self.vision, *self.extra_vision]
 
     def encode_instructions(self, texts: Sequence[str]) -> LanguageFeatures:
         """Cached features when gradients cannot flow into the encoder, else a fresh pass."""
@@ -134,11 +155,22 @@ class VLATrunk(nn.Module):
         return self.cache.lookup(self.language, texts)
 
     def forward(self, images: Tensor, lang: LanguageFeatures, state: Tensor | None,
-                ) -> TrunkOutput:
+                extra_views: Sequence[Tensor] = ()) -> TrunkOutput:
+        """``images``: the main camera; ``extra_views``: one batch per ``config.extra_views``.
+        The target map and pooled vision embedding are the main camera's."""
+        if len(extra_views) != len(self.extra_vision):
+            raise ValueError(f"this trunk reads {len(self.extra_vision)} extra view(s) "
+                             f"{list(self.config.extra_views)}, got {len(extra_views)}")
         v_pooled, v_tokens = self.vision(images)
         fused, target_map = self.fusion.forward_with_map(v_pooled, v_tokens, lang)
+        parts = [fused]
+        for encoder, fusion, view in zip(self.extra_vision, self.extra_fusion, extra_views):
+            parts.append(fusion(*encoder(view), lang))
+        fused = torch.cat(parts, dim=-1) if len(parts) > 1 else fused
         if self.config.use_state:
             if state is None:
                 raise ValueError("this policy reads the 'state' observation but got none")
+            if len(self.state_index):
+                state = state.index_select(-1, self.state_index)
             fused = torch.cat([fused, self.state(state)], dim=-1)
         return TrunkOutput(self.out(fused), v_pooled, lang.pooled, target_map)

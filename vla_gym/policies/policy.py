@@ -130,8 +130,9 @@ class VLAPolicy(nn.Module):
         if inputs.state is not None:
             state = (inputs.state - self.normalizer.state_mean) / self.normalizer.state_std
         lang = self.trunk.encode_instructions(inputs.instructions)
-        images = (inputs.images - self.pixel_mean) / self.pixel_std
-        return self.trunk(images, lang, state)
+        images, *extra = ((view - self.pixel_mean) / self.pixel_std
+                          for view in (inputs.images, *inputs.extra_views))
+        return self.trunk(images, lang, state, extra)
 
     # ---- training -------------------------------------------------------------------------
     def forward(self, batch: dict[str, Any]) -> tuple[Tensor, Metrics]:

@@ -30,6 +30,7 @@ class Inputs:
     images: Tensor  # (B, 3, S, S) float in [0, 1], resized to the encoder's size
     instructions: list[str]
     state: Tensor | None  # (B, D) float32, not yet standardised
+    extra_views: tuple[Tensor, ...] = ()  # config.extra_views, each like ``images``
 
     @property
     def batch_size(self) -> int:
@@ -38,8 +39,8 @@ class Inputs:
 
 def expected_keys(config: VLAConfig) -> str:
     s = config.vision.image_size
-    parts = [f"'{IMAGE}': uint8 (B, H, W, 3) (resized to {s}x{s})",
-             f"'{INSTRUCTION}': B non-empty strings"]
+    parts = [f"'{view}': uint8 (B, H, W, 3) (resized to {s}x{s})" for view in config.views]
+    parts.append(f"'{INSTRUCTION}': B non-empty strings")
     if config.use_state:
         parts.append(f"'{STATE}': float (B, {config.state_dim})")
     return "; ".join(parts)
@@ -49,7 +50,7 @@ def check_keys(obs: Any, config: VLAConfig) -> None:
     if not isinstance(obs, Mapping):
         raise ObservationError(f"observation batch must be a dict, got {type(obs).__name__}; "
                                f"expected {expected_keys(config)}")
-    needed = [IMAGE, INSTRUCTION] + ([STATE] if config.use_state else [])
+    needed = [*config.views, INSTRUCTION] + ([STATE] if config.use_state else [])
     missing = [k for k in needed if k not in obs]
     if missing:
         raise ObservationError(f"observation batch is missing {missing}; expected "
@@ -79,17 +80,20 @@ def check_instructions(value: Any, batch: int | None = None) -> list[str]:
     return texts
 
 
-def check_images(value: Any, config: VLAConfig) -> np.ndarray:
+def check_images(value: Any, config: VLAConfig, key: str = IMAGE,
+                 batch: int | None = None) -> np.ndarray:
     images = np.asarray(value)
     if images.dtype != np.uint8:
-        raise ObservationError(f"'{IMAGE}' must be uint8 (B, H, W, 3) in [0, 255], got dtype "
+        raise ObservationError(f"'{key}' must be uint8 (B, H, W, 3) in [0, 255], got dtype "
                                f"{images.dtype}")
     if images.ndim != 4 or images.shape[-1] != 3:
-        raise ObservationError(f"'{IMAGE}' must have shape (B, H, W, 3), got "
+        raise ObservationError(f"'{key}' must have shape (B, H, W, 3), got "
                                f"{tuple(images.shape)}")
+    if batch is not None and images.shape[0] != batch:
+        raise ObservationError(f"'{key}' has {images.shape[0]} images but '{IMAGE}' has {batch}")
     size = config.vision.image_size
     if images.shape[1:3] != (size, size) and not config.resize_images:
-        raise ObservationError(f"'{IMAGE}' must be {size}x{size} for this policy (resizing is "
+        raise ObservationError(f"'{key}' must be {size}x{size} for this policy (resizing is "
                                f"off: resize_images=False), got {images.shape[1]}x"
                                f"{images.shape[2]}")
     return images
@@ -129,7 +133,10 @@ def preprocess(obs: Any, config: VLAConfig, device: torch.device) -> Inputs:
     state = None
     if config.use_state:
         state = torch.from_numpy(check_state(obs[STATE], config, len(texts))).to(device)
-    return Inputs(images_to_tensor(images, config.vision.image_size, device), texts, state)
+    size = config.vision.image_size
+    extra = tuple(images_to_tensor(check_images(obs[key], config, key, len(images)), size, device)
+                  for key in config.extra_views)
+    return Inputs(images_to_tensor(images, size, device), texts, state, extra)
 
 
 def add_batch_dim(obs: Any) -> dict[str, Any]:

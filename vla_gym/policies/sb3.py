@@ -128,9 +128,11 @@ class VLAFeaturesExtractor(_base_extractor()):  # type: ignore[misc]
     def __init__(self, observation_space: spaces.Dict, config: VLAConfig | str = "small",
                  images_scaled: bool = True) -> None:
         config = _config(config)
-        if IMAGE not in observation_space.spaces:
-            raise ValueError(f"VLAFeaturesExtractor needs an '{IMAGE}' observation "
-                             f"(obs_mode='rgb'); got keys {sorted(observation_space.spaces)}")
+        missing = [view for view in config.views if view not in observation_space.spaces]
+        if missing:
+            raise ValueError(f"VLAFeaturesExtractor needs the image observation(s) {missing} "
+                             f"(obs_mode='rgb', cameras={config.cameras}); got keys "
+                             f"{sorted(observation_space.spaces)}")
         super().__init__(observation_space, features_dim=config.hidden)
         self.config, self.images_scaled = config, images_scaled
         image_shape = observation_space[IMAGE].shape or ()
@@ -165,7 +167,8 @@ class VLAFeaturesExtractor(_base_extractor()):  # type: ignore[misc]
             mask = observations[MASK] > 0.5
             lang = self.trunk.language(observations[IDS].long(), mask)
         state = observations.get(STATE) if self.config.use_state else None
-        return self.trunk(self._images(observations[IMAGE]), lang, state).features
+        extra = [self._images(observations[view]) for view in self.config.extra_views]
+        return self.trunk(self._images(observations[IMAGE]), lang, state, extra).features
 
 
 def make_sb3_env(env_id: str, config: VLAConfig | str = "small", mode: str = "tokens",
