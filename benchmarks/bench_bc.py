@@ -1,7 +1,8 @@
 """Behaviour-cloning quality bars: demos -> BC under a training-time budget -> seeded evaluation.
 
-For each env id: record ``--demos`` expert episodes (seeds 0..N-1), train the preset with the
-grounding loss for at most ``--time-budget`` seconds of training, then evaluate on unseen
+For each env id: record ``--demos`` expert episodes (seeds 0..N-1; by default three in four
+executed with DART action noise, and tabletop ids with the wrist camera too), train the preset
+with the grounding loss for at most ``--time-budget`` seconds of training, then evaluate on unseen
 seeds (from 100 000) with ``vla_gym.evaluation.evaluate``: success with a 95% Wilson interval,
 per task family, the counterfactual-instruction test, and for multitask ids the held-out
 paraphrase split (``--split test``) as a ratio to the in-distribution rate.
@@ -36,9 +37,18 @@ def preset_for(env_id: str, preset: str) -> str:
     return "nav-small" if preset == "small" and "/Nav" in env_id else preset
 
 
+def env_kwargs_for(env_id: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Demo env settings: image size, and the wrist camera on tabletop ids unless --no-wrist."""
+    kwargs: dict[str, Any] = {"image_size": args.image_size}
+    if args.wrist and "/Tabletop" in env_id:
+        kwargs["cameras"] = ("main", "wrist")
+    return kwargs
+
+
 def run_one(env_id: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     started = time.perf_counter()
-    demos = Demos.from_expert(env_id, args.demos, seed=0)
+    env_kwargs = env_kwargs_for(env_id, args)
+    demos = Demos.from_expert(env_id, args.demos, seed=0, noise=args.noise, **env_kwargs)
     collect_s = time.perf_counter() - started
     changes: dict[str, Any] = {}
     if args.language == "minilm":
@@ -46,20 +56,22 @@ def run_one(env_id: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     config = BCConfig(preset=preset_for(env_id, args.preset), steps=args.max_steps,
                       batch_size=args.batch_size, grounding_weight=args.grounding,
                       eval_every=0, eval_episodes=10, time_budget_s=args.time_budget,
-                      policy_changes=changes, seed=args.seed)
+                      policy_changes=changes, seed=args.seed, shift=args.shift)
     result = train_bc(demos, out / env_id.split("/")[-1], config)
     figures: dict[str, Any] = {
         "env_id": env_id, "demos": demos.num_episodes, "transitions": len(demos),
         "collect_seconds": round(collect_s, 1), "train_seconds": round(result.train_seconds, 1),
         "train_steps": result.steps, "preset": config.preset, "language": args.language,
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(), "env_kwargs": env_kwargs,
+        "dart_noise": args.noise, "shift": args.shift,
     }
+    size = {"image_size": args.image_size}  # the policy's own views open their cameras
     train = evaluate(result.policy_dir, env_id, episodes=args.eval_episodes, seed=EVAL_SEED,
-                     counterfactual_episodes=args.eval_episodes)
+                     counterfactual_episodes=args.eval_episodes, env_kwargs=size)
     figures["train_split"] = train
     if "MultiTask" in env_id:
         test = evaluate(result.policy_dir, env_id, episodes=args.eval_episodes, seed=EVAL_SEED,
-                        split="test", counterfactual_episodes=0)
+                        split="test", counterfactual_episodes=0, env_kwargs=size)
         figures["test_split"] = test
         rate = train["success_rate"]
         figures["test_over_train"] = test["success_rate"] / rate if rate else None
@@ -77,6 +89,12 @@ def main() -> None:
     parser.add_argument("--preset", default="small")
     parser.add_argument("--language", choices=("preset", "minilm"), default="preset")
     parser.add_argument("--grounding", type=float, default=1.0)
+    parser.add_argument("--image-size", type=int, default=64, help="demo and eval images")
+    parser.add_argument("--wrist", action=argparse.BooleanOptionalAction, default=True,
+                        help="tabletop ids: record and read the wrist camera too")
+    parser.add_argument("--noise", type=float, default=0.3,
+                        help="DART action noise on 3 in 4 demos (0 = clean demos)")
+    parser.add_argument("--shift", type=int, default=4, help="random-shift augmentation (px)")
     parser.add_argument("--eval-episodes", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (2 cores)")
     parser.add_argument("--seed", type=int, default=0)

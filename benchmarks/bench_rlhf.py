@@ -29,7 +29,8 @@ from typing import Any
 import torch
 
 import vla_gym  # noqa: F401  (registers the env ids)
-from vla_gym.evaluation import evaluate
+from vla_gym.evaluation import evaluate, resolve_policy_dir
+from vla_gym.policies import VLAPolicy
 from vla_gym.training.preferences import OracleConfig
 from vla_gym.training.rlhf import RLConfig, RLHFConfig, run_rlhf
 
@@ -38,14 +39,18 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bc", type=Path, help="BC run or checkpoint directory")
     parser.add_argument("--demos", type=int, default=0, help="train a quick BC on N demos")
-    parser.add_argument("--bc-steps", type=int, default=3000)
+    parser.add_argument("--bc-steps", type=int, default=9000)
     parser.add_argument("--env", default="vla_gym/TabletopPick-v0")
     parser.add_argument("--labels", default="250,500,1000",
                         help="comma-separated label budgets (one RLHF run each)")
     parser.add_argument("--steps", type=int, default=40_000, help="RL env steps per run")
     parser.add_argument("--iterations", type=int, default=4)
     parser.add_argument("--oracle-noise", type=float, default=0.0)
-    parser.add_argument("--bc-weight", type=float, default=RLConfig.bc_weight)
+    parser.add_argument("--loop", default="{}",
+                        help='RLHFConfig changes as JSON, e.g. \'{"rollout_seeds": 8}\'')
+    parser.add_argument("--reward", default="{}", help="RewardModelConfig changes as JSON")
+    parser.add_argument("--rl", default="{}",
+                        help='RLConfig changes as JSON, e.g. \'{"lr": 1e-4}\'')
     parser.add_argument("--eval-episodes", type=int, default=100)
     parser.add_argument("--no-anchor", action="store_true", help="skip PPO on the true reward")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
@@ -56,11 +61,16 @@ def parse_args() -> argparse.Namespace:
 
 
 def quick_bc(env_id: str, demos: int, steps: int, out: Path, seed: int) -> Path:
+    """BC (small preset, 64 px) on ``demos`` expert episodes, three in four executed with
+    action noise (DART: the labels stay the expert's, so BC sees how to recover from drift).
+
+    No random-shift augmentation: with a fixed camera a pixel shift moves where the target
+    appears without moving the action, which blurs exactly the localisation Pick needs."""
     from vla_gym.training.bc import BCConfig, train_bc
     from vla_gym.training.demos import Demos
 
-    data = Demos.from_expert(env_id, demos, seed=seed, image_size=64)
-    config = BCConfig(steps=steps, batch_size=32, eval_every=0, eval_episodes=10,
+    data = Demos.from_expert(env_id, demos, seed=seed, noise=0.3, image_size=64)
+    config = BCConfig(steps=steps, batch_size=64, eval_every=0, eval_episodes=10, shift=0,
                       grounding_weight=1.0, seed=seed)
     return train_bc(data, out, config).policy_dir
 
@@ -72,8 +82,11 @@ def success(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def final_eval(policy: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The figures every policy is compared on: the same seeded scenes, the env as registered
+    at the policy's image size."""
+    size = VLAPolicy.from_pretrained(resolve_policy_dir(policy)).config.vision.image_size
     return success(evaluate(policy, args.env, episodes=args.eval_episodes,
-                            counterfactual_episodes=0, env_kwargs={"image_size": 64}))
+                            counterfactual_episodes=0, env_kwargs={"image_size": size}))
 
 
 def run(name: str, config: RLHFConfig, bc: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -107,11 +120,13 @@ def main() -> None:
         if not args.demos:
             raise SystemExit("give --bc PATH (a BC run) or --demos N to train a quick one")
         bc = quick_bc(args.env, args.demos, args.bc_steps, args.out / "bc", args.seed)
-    rl = dataclasses.replace(RLConfig(), bc_weight=args.bc_weight, seed=args.seed)
-    base = RLHFConfig(env_id=args.env, iterations=args.iterations, rl_steps=args.steps,
-                      eval_episodes=20, oracle=OracleConfig(flip=args.oracle_noise,
-                                                            seed=args.seed),
-                      rl=rl, seed=args.seed)
+    rl = dataclasses.replace(RLConfig(), **{"seed": args.seed, **json.loads(args.rl)})
+    reward = dataclasses.replace(RLHFConfig(env_id=args.env).reward, **json.loads(args.reward))
+    base = RLHFConfig(**{"env_id": args.env, "iterations": args.iterations,
+                         "rl_steps": args.steps, "eval_episodes": 20,
+                         "oracle": OracleConfig(flip=args.oracle_noise, seed=args.seed),
+                         "reward": reward, "rl": rl, "seed": args.seed,
+                         **json.loads(args.loop)})
     report: dict[str, Any] = {"env_id": args.env, "bc": str(bc), "rl_steps": args.steps,
                               "oracle_noise": args.oracle_noise, "config": dataclasses.asdict(base)}
     report["bc_eval"] = final_eval(bc, args)

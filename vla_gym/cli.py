@@ -102,6 +102,9 @@ def train_bc_command(
     seed: int = typer.Option(0, "--seed"),
     time_budget: float | None = typer.Option(
         None, "--time-budget", min=1, help="Stop training after this many seconds."),
+    state_velocities: bool = typer.Option(
+        False, "--state-velocities/--no-state-velocities",
+        help="Feed the robot's velocities to the policy (off: no copycat shortcut)."),
     resume: bool = typer.Option(False, "--resume", help="Continue RUN's latest checkpoint."),
 ):
     """Behaviour cloning on recorded demos; evaluates in the env as it goes."""
@@ -111,7 +114,7 @@ def train_bc_command(
     config = BCConfig(preset=preset, steps=steps, batch_size=batch_size, lr=lr,
                       eval_every=eval_every, eval_episodes=eval_episodes,
                       grounding_weight=grounding, contrastive_weight=contrastive, seed=seed,
-                      time_budget_s=time_budget)
+                      time_budget_s=time_budget, state_velocities=state_velocities)
     demos = Demos.from_dataset(dataset)
     try:
         result = train_bc(demos, out, config, resume=resume, progress=sys.stderr.isatty())

@@ -142,3 +142,56 @@ def test_train_bc_refuses_a_missing_dataset(tmp_path):
                                       "--out", str(tmp_path / "run")])
     assert result.exit_code != 0
     assert "nope" in str(result.exception) + result.output
+
+
+def test_wrist_camera_demos_train_a_policy_that_reads_both_views(tmp_path):
+    demos = Demos.from_expert(PICK, 1, seed=0, image_size=32, cameras=("main", "wrist"))
+    assert set(demos.views) == {"wrist_image"}
+    assert demos.views["wrist_image"].shape == demos.images.shape
+    assert not np.array_equal(demos.views["wrist_image"], demos.images)
+    assert set(demos.batch(np.arange(2))) >= {"image", "wrist_image"}
+    result = train_bc(demos, tmp_path / "run", _config(steps=5, eval_episodes=1))
+    from vla_gym.policies import VLAPolicy
+
+    policy = VLAPolicy.from_pretrained(result.policy_dir)
+    assert policy.config.views == ("image", "wrist_image")
+    assert result.evaluations[-1]["episodes"] == 1  # its eval env opened the wrist camera
+
+
+def test_a_wrist_policy_refuses_demos_without_wrist_images(pick_demos, tmp_path):
+    expected = "reads \\['wrist_image'\\].*cameras=\\('main', 'wrist'\\)"
+    with pytest.raises(ValueError, match=expected):
+        BCTrainer(pick_demos, tmp_path, _config(
+            policy_changes={"views": ("image", "wrist_image")}))
+
+
+def test_dart_noise_perturbs_execution_but_labels_stay_the_experts():
+    clean = Demos.from_expert(PICK, 2, seed=0, image_size=32)
+    noisy = Demos.from_expert(PICK, 2, seed=0, image_size=32, noise=0.5, noisy_fraction=1.0)
+    again = Demos.from_expert(PICK, 2, seed=0, image_size=32, noise=0.5, noisy_fraction=1.0)
+    np.testing.assert_array_equal(noisy.images, again.images)  # seeded: replayable
+    assert not np.array_equal(noisy.states[:20], clean.states[:20])  # the arm went elsewhere
+    # the label is the expert's clean command: at the first step (same start state) it equals
+    # the clean demo's, although the executed action had noise added (the next state differs)
+    np.testing.assert_array_equal(noisy.actions[0], clean.actions[0])
+    assert not np.array_equal(noisy.states[1], clean.states[1])
+    with pytest.raises(ValueError, match="noise must be >= 0"):
+        Demos.from_expert(PICK, 1, noise=-1.0)
+
+
+def test_bc_policies_do_not_read_velocities_unless_asked(pick_demos, tmp_path):
+    """Velocities are left out of the policy's state by default (the copycat shortcut)."""
+    from vla_gym.types import ARM_STATE_FIELDS
+
+    trainer = BCTrainer(pick_demos, tmp_path / "a", _config(steps=1))
+    velocity = [i for i, name in enumerate(ARM_STATE_FIELDS) if name.startswith("dq")]
+    assert trainer.policy.config.state_indices == tuple(
+        i for i in range(20) if i not in velocity)
+    obs = pick_demos.batch(np.arange(3))
+    moved = {**obs, "state": obs["state"].copy()}
+    moved["state"][:, velocity] += 5.0
+    np.testing.assert_array_equal(trainer.policy.predict(obs), trainer.policy.predict(moved))
+    moved["state"][:, 13] += 0.1  # the end-effector position is read
+    assert not np.array_equal(trainer.policy.predict(obs), trainer.policy.predict(moved))
+    with_velocity = BCTrainer(pick_demos, tmp_path / "b", _config(steps=1, state_velocities=True))
+    assert with_velocity.policy.config.state_indices == ()

@@ -26,6 +26,9 @@ def collect(
                      ] = "train",
     obs_mode: Annotated[str, typer.Option(
         "--obs-mode", help="rgb (images) | state (no images).")] = "rgb",
+    cameras: Annotated[str, typer.Option(
+        "--cameras", help="Comma-separated cameras to record, main first, e.g. main,wrist.")
+    ] = "main",
     jpeg: Annotated[bool, typer.Option(
         "--jpeg/--lossless", help="JPEG images (lossy, ~3x smaller) or exact pixels.")] = False,
     async_envs: Annotated[bool | None, typer.Option(
@@ -57,7 +60,7 @@ def collect(
         summary = collect_demos(
             env, episodes, out, num_envs=num_envs, seed=seed, vectorization_mode=mode,
             jpeg=jpeg, env_kwargs={"image_size": image_size, "instruction_split": split,
-                        "obs_mode": obs_mode},
+                        "obs_mode": obs_mode, "cameras": _cameras(cameras)},
             progress=sys.stderr.isatty())
     except (IncompatibleDatasetError, CorruptDatasetError, DatasetLockedError) as exc:
         raise typer.BadParameter(str(exc), param_hint="--out") from None
@@ -67,6 +70,14 @@ def collect(
         console.print(f"wrote {json_path}")
     if summary.interrupted:
         raise typer.Exit(code=130)
+
+
+def _cameras(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not names or names[0] != "main":
+        raise typer.BadParameter(f"{text!r}: list cameras main first, e.g. main,wrist",
+                                 param_hint="--cameras")
+    return names
 
 
 def _report(summary, out: Path) -> None:

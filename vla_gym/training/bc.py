@@ -24,6 +24,7 @@ from vla_gym.interrupts import StopRequest
 from vla_gym.training.augment import random_shift
 from vla_gym.training.checkpoints import latest_checkpoint, load_trainer_state, save_checkpoint
 from vla_gym.training.demos import Demos
+from vla_gym.types import state_indices_without_velocities
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,10 @@ class BCConfig:
     log_every: int = 50
     seed: int = 0
     time_budget_s: float | None = None  # stop early once training has taken this long
+    # Feed the robot's velocities to the policy. Off by default: in smooth expert demos the
+    # velocity all but reveals the previous action, and a cloned policy learns to copy it
+    # (the "copycat" shortcut) instead of reading the images; in closed loop it then stalls.
+    state_velocities: bool = False
     policy_changes: dict[str, Any] = field(default_factory=dict)  # on top of the preset
 
     def __post_init__(self) -> None:
@@ -73,8 +78,13 @@ def build_policy(demos: Demos, config: BCConfig) -> Any:
     from vla_gym.policies import VLAPolicy, get_config
     from vla_gym.policies.presets import default_grounding_classes
 
+    # The policy reads every camera the demos recorded unless policy_changes say otherwise.
     changes: dict[str, Any] = {"action": demos.contract.name, "state_dim": demos.state_dim,
-                               "seed": config.seed, **config.policy_changes}
+                               "views": ("image", *demos.views), "seed": config.seed}
+    if not config.state_velocities:
+        changes["state_indices"] = state_indices_without_velocities(demos.contract,
+                                                                    demos.state_dim)
+    changes.update(config.policy_changes)
     aux: dict[str, Any] = {"grounding_weight": config.grounding_weight,
                            "contrastive_weight": config.contrastive_weight}
     if config.grounding_weight > 0:
@@ -92,6 +102,10 @@ def check_demos_fit_policy(demos: Demos, policy: Any) -> None:
         raise ValueError(
             f"the demos' actions are {demos.contract.name} ({demos.actions.shape[1]}-D) but the "
             f"policy outputs {cfg.action} ({policy.action_dim}-D); pick a preset for this env")
+    missing = [view for view in cfg.extra_views if view not in demos.views]
+    if missing:
+        raise ValueError(f"the policy reads {missing} but the demos have no such images; record "
+                         f"them from an env made with cameras={cfg.cameras}")
     if cfg.use_state and demos.state_dim != cfg.state_dim:
         raise ValueError(f"the demos' state is {demos.state_dim}-D but the policy expects "
                          f"{cfg.state_dim}-D")
@@ -166,7 +180,12 @@ class BCTrainer:
         demos = self.demos
         index = self.rng.integers(0, len(demos), self.config.batch_size)
         batch = demos.batch(index)
-        batch["image"] = random_shift(batch["image"], self.config.shift, self.rng)
+        # each camera shifted independently; the target's pixel moves with the main image
+        for view in self.policy.config.views:
+            pixels = batch.get("target_pixel") if view == "image" else None
+            batch[view], moved = random_shift(batch[view], self.config.shift, self.rng, pixels)
+            if pixels is not None:
+                batch["target_pixel"] = moved
         return batch
 
     def train_step(self) -> dict[str, float]:

@@ -9,16 +9,18 @@ and quick experiments).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vla_gym.types import IMAGE, INSTRUCTION, STATE, ActionContract
+from vla_gym.types import CAMERA_OF_VIEW, IMAGE, INSTRUCTION, STATE, ActionContract
 
 # Per-step ground truth the grounding head learns from, recorded next to each frame.
 POSITION_LABELS = ("target_pos", "target_pixel")
+# Image keys besides the main camera's that demos keep when the env emits them.
+EXTRA_VIEWS = tuple(view for view in CAMERA_OF_VIEW if view != IMAGE)
 
 
 @dataclass
@@ -34,6 +36,7 @@ class Demos:
     target_pos: np.ndarray | None = None  # (N, 3)
     target_pixel: np.ndarray | None = None  # (N, 2) image (column, row) in [0, 1]; NaN unseen
     targets: np.ndarray | None = None  # (N,) target names
+    views: dict[str, np.ndarray] = field(default_factory=dict)  # extra cameras, like images
 
     def __post_init__(self) -> None:
         n = len(self.actions)
@@ -41,6 +44,10 @@ class Demos:
             if len(getattr(self, name)) != n:
                 raise ValueError(f"Demos.{name} has {len(getattr(self, name))} rows, "
                                  f"actions has {n}")
+        for key, images in self.views.items():
+            if images.shape != self.images.shape or images.dtype != np.uint8:
+                raise ValueError(f"Demos.views[{key!r}] must be uint8 {self.images.shape} like "
+                                 f"images, got {images.dtype} {images.shape}")
         if self.images.dtype != np.uint8 or self.images.ndim != 4:
             raise ValueError(f"Demos.images must be uint8 (N, H, W, 3), got "
                              f"{self.images.dtype} {self.images.shape}")
@@ -63,6 +70,7 @@ class Demos:
         batch: dict[str, Any] = {
             IMAGE: self.images[index], INSTRUCTION: list(self.instructions[index]),
             STATE: self.states[index], "action": self.actions[index],
+            **{key: images[index] for key, images in self.views.items()},
         }
         for key in POSITION_LABELS:
             values = getattr(self, key)
@@ -81,11 +89,15 @@ class Demos:
         ``action``; ``target_pos`` and ``target`` are optional.
         """
         parts: dict[str, list] = {k: [] for k in ("images", "instructions", "states", "actions",
-                                                  "episode", "targets", *POSITION_LABELS)}
+                                                  "episode", "targets", *POSITION_LABELS,
+                                                  *EXTRA_VIEWS)}
         for number, ep in enumerate(episodes):
             steps = len(ep["action"])
             text = ep[INSTRUCTION]
             parts["images"].append(np.asarray(ep[IMAGE][:steps], np.uint8))
+            for key in EXTRA_VIEWS:
+                if key in ep:
+                    parts[key].append(np.asarray(ep[key][:steps], np.uint8))
             parts["instructions"].append(np.array(
                 [text] * steps if isinstance(text, str) else list(text)[:steps], dtype=object))
             parts["states"].append(np.asarray(ep[STATE][:steps], np.float32))
@@ -101,20 +113,37 @@ class Demos:
                     dtype=object))
         if not parts["actions"]:
             raise ValueError("no episodes to build demos from")
+        views = {}
+        for key in EXTRA_VIEWS:
+            chunks = parts.pop(key)
+            if chunks and len(chunks) != len(parts["images"]):
+                raise ValueError(f"some episodes have {key!r} and some do not")
+            if chunks:
+                views[key] = np.concatenate(chunks)
         stacked = {k: np.concatenate(v) if v else None for k, v in parts.items()}
-        return cls(env_id, dict(env_kwargs), contract, **stacked)
+        return cls(env_id, dict(env_kwargs), contract, **stacked, views=views)
 
     @classmethod
-    def from_expert(cls, env_id: str, episodes: int, seed: int = 0, **env_kwargs: Any) -> Demos:
-        """Record ``episodes`` expert episodes in memory (episode j from seed + j)."""
+    def from_expert(cls, env_id: str, episodes: int, seed: int = 0, noise: float = 0.0,
+                    noisy_fraction: float = 0.75, **env_kwargs: Any) -> Demos:
+        """Record ``episodes`` expert episodes in memory (episode j from seed + j).
+
+        ``noise`` > 0: that fraction of the episodes is executed with Gaussian action noise of
+        std ``noise`` (DART, see ``_record``); the rest are clean."""
         import gymnasium as gym
 
         from vla_gym.experts import make_expert
 
+        if noise < 0 or not 0.0 <= noisy_fraction <= 1.0:
+            raise ValueError(f"noise must be >= 0 and noisy_fraction in [0, 1], got {noise}, "
+                             f"{noisy_fraction}")
         env = gym.make(env_id, **env_kwargs)
         expert = make_expert(env)
+        rng = np.random.default_rng(seed)
+        noisy = rng.random(episodes) < noisy_fraction
         try:
-            recorded = [_record(env, expert, seed + j) for j in range(episodes)]
+            recorded = [_record(env, expert, seed + j, noise if noisy[j] else 0.0, rng)
+                        for j in range(episodes)]
         finally:
             env.close()
         return cls.from_episodes(env_id, env_kwargs, env.unwrapped.action_contract, recorded)
@@ -139,6 +168,9 @@ def _from_recorded(episode: Any) -> dict[str, Any]:
     obs, infos = episode.observations, episode.infos
     out = {IMAGE: obs[IMAGE][:steps], STATE: obs[STATE][:steps],
            INSTRUCTION: list(obs[INSTRUCTION][:steps]), "action": episode.actions}
+    for key in EXTRA_VIEWS:
+        if key in obs:
+            out[key] = obs[key][:steps]
     for key in POSITION_LABELS:
         if key in infos:
             out[key] = np.asarray(infos[key])[:steps]
@@ -147,20 +179,32 @@ def _from_recorded(episode: Any) -> dict[str, Any]:
     return out
 
 
-def _record(env: Any, expert: Any, seed: int) -> dict[str, Any]:
+def _record(env: Any, expert: Any, seed: int, noise: float = 0.0,
+            rng: np.random.Generator | None = None) -> dict[str, Any]:
+    """One expert episode. With ``noise`` > 0 the env executes the expert's action plus
+    Gaussian noise on the motion dimensions (DART) while the recorded label stays the clean
+    action: the demos then show how to recover from drift like a learned policy's."""
     obs, info = env.reset(seed=seed)
     expert.reset()
-    steps: dict[str, list] = {IMAGE: [], STATE: [], "action": [],
+    views = [key for key in (IMAGE, *EXTRA_VIEWS) if key in obs]
+    steps: dict[str, list] = {**{key: [] for key in views}, STATE: [], "action": [],
                               **{key: [] for key in POSITION_LABELS}}
+    contract = env.unwrapped.action_contract
+    motion = np.array([name != "grip" for name in contract.dims])  # the gripper stays clean
     done = False
     while not done:
         action = expert.act(obs)
-        steps[IMAGE].append(obs[IMAGE])
-        steps[STATE].append(obs[STATE])
+        for key in (*views, STATE):
+            steps[key].append(obs[key])
         steps["action"].append(action)
         for key in POSITION_LABELS:
             steps[key].append(info.get(key, np.full(2, np.nan)))
-        obs, _, terminated, truncated, info = env.step(action)
+        executed = action
+        if noise > 0 and rng is not None:
+            executed = np.array(action, dtype=np.float32, copy=True)
+            executed[motion] += noise * rng.standard_normal(int(motion.sum()))
+            executed = np.clip(executed, contract.low, contract.high)
+        obs, _, terminated, truncated, info = env.step(executed)
         done = terminated or truncated
     return {**{k: np.asarray(v) for k, v in steps.items()}, INSTRUCTION: obs[INSTRUCTION],
             "target": info["target"], "success": bool(info["is_success"])}

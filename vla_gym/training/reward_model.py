@@ -222,7 +222,7 @@ class ResizedSegments:
         at = slice(None) if positions is None else positions
         images = self.images[rows][:, at].reshape(-1, *self.images.shape[2:])
         if shift and rng is not None:
-            images = random_shift(images, shift, rng)
+            images, _ = random_shift(images, shift, rng)
         states = self.states[rows][:, at].reshape(-1, self.states.shape[2])
         return images, [self.instructions[r] for r in rows], states
 
