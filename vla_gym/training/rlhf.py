@@ -37,7 +37,13 @@ import numpy as np
 from vla_gym.policies.preprocessing import add_batch_dim
 from vla_gym.training.preferences import OracleConfig, Variant
 from vla_gym.training.reward_model import RewardEnsemble, RewardModelConfig
-from vla_gym.training.sb3_init import CriticWarmup, RLConfig, TrueRewardLog, build_model
+from vla_gym.training.sb3_init import (
+    BCRegulariser,
+    CriticWarmup,
+    RLConfig,
+    TrueRewardLog,
+    build_model,
+)
 from vla_gym.types import INSTRUCTION
 
 Log = Callable[[str], None]
@@ -284,6 +290,8 @@ class RLHFRun:
         self.reward_model: RewardEnsemble | None = None
         self.model: Any = None
         self.reward_log = TrueRewardLog()
+        self.bc_regulariser = BCRegulariser(config.rl.bc_loss_weight, config.rl.batch_size,
+                                            config.rl.seed)
         self.metrics: dict[str, Any] = {
             "env_id": config.env_id, "bc": str(self.bc_dir), "config": asdict(config),
             "env_kwargs": self.env_kwargs, "iterations": []}
@@ -369,9 +377,12 @@ class RLHFRun:
         if self.model is None:
             self.model = self._build()
         seen = len(self.reward_log.episodes)
+        rl = self.config.rl
         callbacks: list[Any] = [self.reward_log]
-        if self.config.rl.algo == "ppo":
-            callbacks.append(CriticWarmup(self.config.rl.critic_warmup))
+        if rl.algo == "ppo":
+            callbacks.append(CriticWarmup(rl.critic_warmup))
+            if rl.bc_loss_weight > 0:
+                callbacks.append(self.bc_regulariser)
         self.model.learn(total_timesteps=steps, callback=CallbackList(callbacks),
                          reset_num_timesteps=iteration == 0)
         self.current = export_policy(self.model.policy, self.bc)

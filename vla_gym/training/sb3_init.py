@@ -198,8 +198,10 @@ class RLConfig:
     gae_lambda: float = 0.95
     clip_range: float = 0.1
     target_kl: float | None = 0.03
-    init_std: float = 0.2  # the actor's starting action noise (std, action units)
-    bc_weight: float = 0.5  # BCAnchor penalty weight (0 = no anchor)
+    # the actor's starting action noise (std, action units); precise grasps need it small
+    init_std: float = 0.1
+    bc_weight: float = 0.5  # BC anchor: reward penalty weight (0 = none)
+    bc_loss_weight: float = 1.0  # PPO: weight of the BC regression loss (0 = none)
     critic_warmup: int = 2  # PPO: updates at the start of each iteration that train the critic
     # PPO critic: "shared" reads the actor's trunk features (detached), "separate" has its own
     critic_trunk: str = "shared"
@@ -253,27 +255,27 @@ def _build_sac(policy: Any, venv: Any, rl: RLConfig, kwargs: dict[str, Any],
 
 # -- callbacks ---------------------------------------------------------------------------------
 class TrueRewardLog(BaseCallback):
-    """Records each finished training episode's true return and success (evaluation only:
-    nothing here reaches the learner)."""
+    """Records each finished training episode's true return and whether it succeeded at any
+    step (evaluation only: nothing here reaches the learner)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.episodes: list[dict[str, float]] = []
-        self._true = np.zeros(0)
-        self._learned = np.zeros(0)
+        self._sums = np.zeros((0, 3))  # per env: true return, learner's return, any success
 
     def _on_step(self) -> bool:
         infos, dones = self.locals["infos"], self.locals["dones"]
-        if len(self._true) != len(infos):
-            self._true, self._learned = np.zeros(len(infos)), np.zeros(len(infos))
+        if len(self._sums) != len(infos):
+            self._sums = np.zeros((len(infos), 3))
         for i, info in enumerate(infos):
-            self._true[i] += float(info.get("true_reward", 0.0))
-            self._learned[i] += float(self.locals["rewards"][i])
+            sums = self._sums[i]
+            sums[0] += float(info.get("true_reward", 0.0))
+            sums[1] += float(self.locals["rewards"][i])
+            sums[2] = max(sums[2], float(bool(info.get("is_success", False))))
             if dones[i]:
-                self.episodes.append({"true_return": float(self._true[i]),
-                                      "reward_return": float(self._learned[i]),
-                                      "success": float(bool(info.get("is_success", False)))})
-                self._true[i] = self._learned[i] = 0.0
+                self.episodes.append({"true_return": sums[0], "reward_return": sums[1],
+                                      "success": sums[2]})
+                sums[:] = 0.0
         return True
 
     def _on_rollout_start(self) -> None:
@@ -321,6 +323,68 @@ class CriticWarmup(BaseCallback):
 
     def _on_training_end(self) -> None:
         self._set(True)
+
+    def _on_step(self) -> bool:
+        return True
+
+
+class BCRegulariser(BaseCallback):
+    """PPO only: after each PPO update, one pass over that rollout's observations pulling the
+    actor's mean action toward the BC actor's (``weight * mean((mu - mu_BC)^2)``, as DAPG adds a
+    BC term). It runs *after* the update so PPO's importance ratios still start at 1.
+
+    The reward penalty alone is a noisy pull (it acts through returns); this one is direct,
+    so the noisy advantages of a small batch cannot walk the actor away from BC unopposed.
+    """
+
+    def __init__(self, weight: float, batch_size: int = 128, seed: int = 0) -> None:
+        super().__init__()
+        self.weight, self.batch_size = weight, batch_size
+        self.rng = np.random.default_rng(seed)
+        self.reference: Any = None
+        self._pending: dict[str, np.ndarray] | None = None
+
+    def _on_training_start(self) -> None:
+        if self.reference is None:  # the BC actor as it was before any RL update
+            self.reference = copy.deepcopy(self.model.policy).eval()
+            self.reference.requires_grad_(False)
+
+    def _on_rollout_end(self) -> None:  # keep the observations; PPO's update comes next
+        ppo: Any = self.model
+        buffer = ppo.rollout_buffer
+        self._pending = {k: v.reshape(-1, *v.shape[2:]).copy()
+                         for k, v in buffer.observations.items()}
+
+    def _on_rollout_start(self) -> None:  # the previous rollout's update is done
+        self._pull()
+
+    def _on_training_end(self) -> None:
+        self._pull()
+
+    def _pull(self) -> None:
+        from stable_baselines3.common.utils import obs_as_tensor
+
+        if self._pending is None:
+            return
+        observations, self._pending = self._pending, None
+        ppo: Any = self.model
+        order = self.rng.permutation(len(next(iter(observations.values()))))
+        losses = []
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start:start + self.batch_size]
+            obs = obs_as_tensor({k: v[rows] for k, v in observations.items()}, ppo.device)
+            mean = ppo.policy.get_distribution(obs).distribution.mean
+            with torch.no_grad():
+                target = self.reference.get_distribution(obs).distribution.mean
+            loss = self.weight * ((mean - target) ** 2).mean()
+            if not loss.requires_grad:  # the actor is frozen (critic warm-up)
+                return
+            ppo.policy.optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(ppo.policy.parameters(), ppo.max_grad_norm)
+            ppo.policy.optimizer.step()
+            losses.append(loss.item())
+        self.logger.record("rlhf/bc_loss", float(np.mean(losses)))
 
     def _on_step(self) -> bool:
         return True
