@@ -48,7 +48,8 @@ def env_kwargs_for(env_id: str, args: argparse.Namespace) -> dict[str, Any]:
 def run_one(env_id: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     started = time.perf_counter()
     env_kwargs = env_kwargs_for(env_id, args)
-    demos = Demos.from_expert(env_id, args.demos, seed=0, noise=args.noise, **env_kwargs)
+    demos = Demos.from_expert(env_id, args.demos, seed=0, noise=args.noise,
+                              other_targets=args.other_targets, **env_kwargs)
     collect_s = time.perf_counter() - started
     changes: dict[str, Any] = {}
     if args.language == "minilm":
@@ -63,7 +64,8 @@ def run_one(env_id: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "collect_seconds": round(collect_s, 1), "train_seconds": round(result.train_seconds, 1),
         "train_steps": result.steps, "preset": config.preset, "language": args.language,
         "torch_threads": torch.get_num_threads(), "env_kwargs": env_kwargs,
-        "dart_noise": args.noise, "shift": args.shift,
+        "dart_noise": args.noise, "shift": args.shift, "other_target_frames": len(
+            demos.grounding_frames) if demos.grounding_frames is not None else 0,
     }
     size = {"image_size": args.image_size}  # the policy's own views open their cameras
     train = evaluate(result.policy_dir, env_id, episodes=args.eval_episodes, seed=EVAL_SEED,
@@ -95,6 +97,8 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.3,
                         help="DART action noise on 3 in 4 demos (0 = clean demos)")
     parser.add_argument("--shift", type=int, default=4, help="random-shift augmentation (px)")
+    parser.add_argument("--other-targets", action=argparse.BooleanOptionalAction, default=False,
+                        help="grounding labels for the other objects of the demos' scenes")
     parser.add_argument("--eval-episodes", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (2 cores)")
     parser.add_argument("--seed", type=int, default=0)

@@ -195,3 +195,20 @@ def test_bc_policies_do_not_read_velocities_unless_asked(pick_demos, tmp_path):
     assert not np.array_equal(trainer.policy.predict(obs), trainer.policy.predict(moved))
     with_velocity = BCTrainer(pick_demos, tmp_path / "b", _config(steps=1, state_velocities=True))
     assert with_velocity.policy.config.state_indices == ()
+
+
+def test_other_target_frames_label_other_objects_in_the_same_scenes(tmp_path):
+    demos = Demos.from_expert(PICK, 2, seed=0, image_size=32, other_targets=True)
+    frames = demos.grounding_frames
+    assert frames is not None and len(frames) >= 2 and np.isnan(frames.actions).all()
+    first_targets = {demos.targets[demos.episode == e][0] for e in range(2)}
+    assert not set(frames.targets) & first_targets  # only the objects the demos were not about
+    starts = [np.flatnonzero(demos.episode == e)[0] for e in range(2)]
+    for image, pixel, text in zip(frames.images, frames.target_pixel, frames.instructions):
+        scene = [i for i in starts if np.array_equal(demos.images[i], image)]
+        assert scene, "a grounding frame shows one of the demos' own first frames"
+        assert not np.allclose(pixel, demos.target_pixel[scene[0]])  # another object
+        assert text != demos.instructions[scene[0]]
+    trainer = BCTrainer(demos, tmp_path, _config(steps=3, grounding_weight=1.0))
+    metrics = trainer.train_step()
+    assert metrics["frames_grounding_loss"] > 0 and np.isfinite(metrics["loss"])

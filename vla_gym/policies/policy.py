@@ -156,6 +156,14 @@ class VLAPolicy(nn.Module):
         metrics["loss"] = loss.item()
         return loss, metrics
 
+    def auxiliary_loss(self, batch: dict[str, Any]) -> tuple[Tensor, Metrics]:
+        """The auxiliary losses alone, for observations without action labels (e.g. grounding
+        frames); zero when none applies."""
+        inputs = self.preprocess(batch)
+        metrics: Metrics = {}
+        loss = self._aux_losses(batch, inputs, self.features(inputs), metrics)
+        return loss, metrics
+
     def _aux_losses(self, batch: dict[str, Any], inputs: Inputs, out: TrunkOutput,
                     metrics: Metrics) -> Tensor:
         total = out.features.new_zeros(())

@@ -176,9 +176,10 @@ class BCTrainer:
         self.history, self.evaluations = state["history"], state["evaluations"]
 
     # -- training ----------------------------------------------------------------------------
-    def sample_batch(self) -> dict[str, Any]:
-        demos = self.demos
-        index = self.rng.integers(0, len(demos), self.config.batch_size)
+    def sample_batch(self, demos: Demos | None = None, size: int | None = None
+                     ) -> dict[str, Any]:
+        demos = demos or self.demos
+        index = self.rng.integers(0, len(demos), size or self.config.batch_size)
         batch = demos.batch(index)
         # each camera shifted independently; the target's pixel moves with the main image
         for view in self.policy.config.views:
@@ -193,6 +194,12 @@ class BCTrainer:
 
         self.policy.train()
         loss, metrics = self.policy(self.sample_batch())
+        frames = self.demos.grounding_frames
+        if frames is not None and self.config.grounding_weight > 0:  # half a batch more
+            g_loss, g_metrics = self.policy.auxiliary_loss(
+                self.sample_batch(frames, max(1, self.config.batch_size // 2)))
+            loss = loss + g_loss
+            metrics.update({f"frames_{k}": v for k, v in g_metrics.items()}, loss=loss.item())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.policy.parameters(), 1.0)

@@ -37,6 +37,9 @@ class Demos:
     target_pixel: np.ndarray | None = None  # (N, 2) image (column, row) in [0, 1]; NaN unseen
     targets: np.ndarray | None = None  # (N,) target names
     views: dict[str, np.ndarray] = field(default_factory=dict)  # extra cameras, like images
+    # Frames of the same scenes with the instruction naming another object, and that object's
+    # position: labels for the grounding loss only (their actions are NaN, never cloned).
+    grounding_frames: Demos | None = None
 
     def __post_init__(self) -> None:
         n = len(self.actions)
@@ -125,11 +128,15 @@ class Demos:
 
     @classmethod
     def from_expert(cls, env_id: str, episodes: int, seed: int = 0, noise: float = 0.0,
-                    noisy_fraction: float = 0.75, **env_kwargs: Any) -> Demos:
+                    noisy_fraction: float = 0.75, other_targets: bool = False,
+                    **env_kwargs: Any) -> Demos:
         """Record ``episodes`` expert episodes in memory (episode j from seed + j).
 
         ``noise`` > 0: that fraction of the episodes is executed with Gaussian action noise of
-        std ``noise`` (DART, see ``_record``); the rest are clean."""
+        std ``noise`` (DART, see ``_record``); the rest are clean. ``other_targets``: also keep
+        each scene's first frame once per other object the task could name, instructed to that
+        object (``grounding_frames``): the same scenes, five-odd grounding labels each, so the
+        grounding loss cannot be met by remembering where each scene's one target lies."""
         import gymnasium as gym
 
         from vla_gym.experts import make_expert
@@ -141,12 +148,18 @@ class Demos:
         expert = make_expert(env)
         rng = np.random.default_rng(seed)
         noisy = rng.random(episodes) < noisy_fraction
+        contract = env.unwrapped.action_contract
         try:
             recorded = [_record(env, expert, seed + j, noise if noisy[j] else 0.0, rng)
                         for j in range(episodes)]
+            frames = [frame for j in range(episodes) if other_targets
+                      for frame in _other_target_frames(env, seed + j)]
         finally:
             env.close()
-        return cls.from_episodes(env_id, env_kwargs, env.unwrapped.action_contract, recorded)
+        demos = cls.from_episodes(env_id, env_kwargs, contract, recorded)
+        if frames:
+            demos.grounding_frames = cls.from_episodes(env_id, env_kwargs, contract, frames)
+        return demos
 
     @classmethod
     def from_dataset(cls, path: str | Path, only_success: bool = True) -> Demos:
@@ -177,6 +190,26 @@ def _from_recorded(episode: Any) -> dict[str, Any]:
     if "target" in infos:
         out["target"] = [str(t) for t in infos["target"][:steps]]
     return out
+
+
+def _other_target_frames(env: Any, seed: int) -> list[dict[str, Any]]:
+    """Seed ``seed``'s first frame once per other eligible target, as one-step episodes with a
+    NaN action (what ``from_episodes`` takes)."""
+    env.reset(seed=seed)
+    frames = []
+    for name in env.unwrapped.counterfactual_targets():
+        try:
+            obs, info = env.reset(seed=seed, options={"target": name})
+        except ValueError:  # that object cannot be this task's target
+            continue
+        frame = {key: np.asarray(obs[key])[None] for key in (IMAGE, *EXTRA_VIEWS, STATE)
+                 if key in obs}
+        frame.update({key: np.asarray(info[key], np.float32)[None] for key in POSITION_LABELS
+                      if key in info})
+        action = np.full((1, env.action_space.shape[0]), np.nan, np.float32)
+        frames.append({**frame, "action": action, INSTRUCTION: obs[INSTRUCTION],
+                       "target": info["target"]})
+    return frames
 
 
 def _record(env: Any, expert: Any, seed: int, noise: float = 0.0,
