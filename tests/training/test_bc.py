@@ -54,8 +54,11 @@ def test_run_writes_policy_curve_summary_and_evaluates(pick_demos, tmp_path):
 
 
 def test_time_budget_stops_training_early_and_still_saves(pick_demos, tmp_path):
-    result = train_bc(pick_demos, tmp_path, _config(steps=10_000, time_budget_s=1.0))
+    trainer = BCTrainer(pick_demos, tmp_path, _config(steps=10_000, time_budget_s=1.0))
+    result = trainer.run()
     assert 0 < result.steps < 10_000
+    # the cosine decay followed the clock: the learning rate ended near its floor
+    assert trainer.scheduler.get_last_lr()[0] < 0.2 * trainer.config.lr
     assert (result.policy_dir / "config.json").is_file() and result.evaluations
     with pytest.raises(ValueError, match="time_budget_s"):
         BCConfig(time_budget_s=0)

@@ -23,6 +23,11 @@ from vla_gym.types import ARM_EE_DELTA
 
 OPEN, CLOSE = -1.0, 1.0
 HOVER = 0.10  # m above the object's top before descending
+# The approach is a funnel: the gripper may be at most FUNNEL_SLOPE x its horizontal error above
+# the grasp point (capped at HOVER), so it descends only as fast as it lines up. The action is
+# then a function of the state alone, whatever happened before: a perturbed gripper is brought
+# back over the object before it goes lower, which is what a cloned policy has to learn.
+FUNNEL_SLOPE = 2.0
 CARRY_Z = 0.16  # m: transport height for place and stack
 GRASP_DEPTH = 0.012  # m the grasp point sits below the object's top (capped at its centre)
 CLOSE_STEPS = 8
@@ -97,15 +102,18 @@ class TabletopExpert:
     def _pick_plan(self, episode: Episode) -> list[Waypoint]:
         slot, shape = episode.target.slot, episode.target.shape
         grasp = lambda: self._grasp_point(slot, shape)  # noqa: E731
-        above = lambda: grasp() + [0, 0, HOVER]  # noqa: E731
         yaw = lambda: self._grasp_yaw  # noqa: E731
         self._lift_from = None
         return [
-            Waypoint(above, OPEN, tol=0.012, yaw=yaw),
-            Waypoint(grasp, OPEN, tol=0.006, yaw=yaw),
+            Waypoint(lambda: self._funnel(grasp()), OPEN, tol=0.006, yaw=yaw),
             Waypoint(lambda: self.sim.ee_pos(), CLOSE, tol=1.0, hold=CLOSE_STEPS, yaw=yaw),
             Waypoint(lambda: self._fixed_xy_at(CARRY_Z), CLOSE, tol=0.01, yaw=yaw),
         ]
+
+    def _funnel(self, grasp: np.ndarray) -> np.ndarray:
+        """Where to head for now: above ``grasp`` by FUNNEL_SLOPE x the horizontal error."""
+        xy_error = float(np.linalg.norm(grasp[:2] - self.sim.ee_pos()[:2]))
+        return grasp + [0.0, 0.0, min(HOVER, FUNNEL_SLOPE * xy_error)]
 
     def _fixed_xy_at(self, z: float) -> np.ndarray:
         if self._lift_from is None:

@@ -45,7 +45,8 @@ class BCConfig:
     checkpoint_every: int = 250
     log_every: int = 50
     seed: int = 0
-    time_budget_s: float | None = None  # stop early once training has taken this long
+    # Stop early once training has taken this long; the learning rate then decays with time.
+    time_budget_s: float | None = None
     # Feed the robot's velocities to the policy. Off by default: in smooth expert demos the
     # velocity all but reveals the previous action, and a cloned policy learns to copy it
     # (the "copycat" shortcut) instead of reading the images; in closed loop it then stalls.
@@ -130,6 +131,7 @@ class BCTrainer:
         self.policy = self._load_policy(checkpoint) if checkpoint else build_policy(
             demos, self.config)
         check_demos_fit_policy(demos, self.policy)
+        self._started: float | None = None  # when run() began (the time budget's clock)
         self.optimizer, self.scheduler = self._make_optimiser()
         if checkpoint:
             self._restore(load_trainer_state(checkpoint))
@@ -152,10 +154,18 @@ class BCTrainer:
         def schedule(step: int) -> float:
             if step < warmup:
                 return (step + 1) / warmup
-            progress = (step - warmup) / max(total - warmup, 1)
+            progress = max((step - warmup) / max(total - warmup, 1), self._time_progress())
             return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
         return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+    def _time_progress(self) -> float:
+        """Fraction of the time budget spent (0 without one): under a budget the cosine decay
+        follows whichever runs out first, steps or time, so a budgeted run still anneals."""
+        budget, started = self.config.time_budget_s, self._started
+        if budget is None or started is None:
+            return 0.0
+        return (time.perf_counter() - started) / budget
 
     def _state(self) -> dict[str, Any]:
         import torch
@@ -230,7 +240,7 @@ class BCTrainer:
     def run(self, progress: bool = False) -> BCResult:
         cfg = self.config
         writer = _summary_writer(self.run_dir / "tb")
-        started = time.perf_counter()
+        started = self._started = time.perf_counter()
         losses: list[float] = []
         try:
             with StopRequest() as stop, _progress(progress, cfg.steps, self.step) as advance:
