@@ -4,7 +4,10 @@ Ratios, not absolute numbers, are the figures to compare across machines:
   env / raw      vla_gym env step vs the bare loop on the same compiled model
                  (mj_step x frame_skip + one render at the same size and quality)
   env / pusher   vla_gym env step vs Gymnasium's Pusher-v5 with render_mode="rgb_array"
-  async / one    AsyncVectorEnv (2 workers) vs a single env, total steps/s
+  async / one    make_vec async mode, 2 envs (a HybridVectorEnv: one env in the parent, one
+                 in a worker) vs a single env, total steps/s
+  async2_workers_only / one
+                 plain AsyncVectorEnv, both envs in workers (vector_kwargs local_envs=0)
   2 procs / one  two independent single-env processes at once: what the machine allows
 
 Each measurement runs in its own process pinned to one core (where the OS allows) so the
@@ -112,14 +115,16 @@ def measure_pusher(steps: int) -> float:
     return rate
 
 
-def measure_vector(env_id: str, mode: str, num_envs: int, steps: int) -> float:
+def measure_vector(env_id: str, mode: str, num_envs: int, steps: int,
+                   vector_kwargs: dict | None = None) -> float:
     import numpy as np
 
     import vla_gym
 
     if mode == "sync":  # one process: compare on one core, like the single env
         _pin_one_core()
-    envs = vla_gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode, image_size=IMAGE)
+    envs = vla_gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode,
+                            vector_kwargs=vector_kwargs, image_size=IMAGE)
     envs.reset(seed=0)
     actions = np.zeros(envs.action_space.shape, np.float32)
     rate = _time_loop(lambda: envs.step(actions), steps) * num_envs
@@ -150,13 +155,15 @@ def _in_process(fn, *args) -> float:
 
 def measure_all(env_id: str, args: argparse.Namespace, pusher: list[float]) -> dict:
     """Every contender for one env id, rounds alternating; medians, and ratios per round."""
-    keys = ("env", "raw", "sync2", "async2", "two_processes")
+    keys = ("env", "raw", "sync2", "async2", "async2_workers_only", "two_processes")
     samples: dict[str, list[float]] = {k: [] for k in keys}
     for _ in range(args.rounds):
         samples["raw"].append(_in_process(measure_raw, env_id, args.steps))
         samples["env"].append(_in_process(measure_env, env_id, args.steps))
         samples["sync2"].append(_in_process(measure_vector, env_id, "sync", 2, args.steps // 2))
         samples["async2"].append(_in_process(measure_vector, env_id, "async", 2, args.steps // 2))
+        samples["async2_workers_only"].append(_in_process(
+            measure_vector, env_id, "async", 2, args.steps // 2, {"local_envs": 0}))
         samples["two_processes"].append(sum(
             _in_processes(2, measure_env, env_id, args.steps, False)))
     samples["pusher"] = pusher
@@ -171,11 +178,14 @@ def measure_all(env_id: str, args: argparse.Namespace, pusher: list[float]) -> d
         "ratio_env_over_raw": med["env"] / med["raw"],
         "ratio_env_over_pusher_v5": med["env"] / med["pusher"],
         "ratio_async2_over_one_env": med["async2"] / med["env"],
+        "ratio_async2_workers_only_over_one_env": med["async2_workers_only"] / med["env"],
         "ratio_sync2_over_one_env": med["sync2"] / med["env"],
         "ratio_two_processes_over_one_env": med["two_processes"] / med["env"],
         "paired_ratio_env_over_raw": paired("env", "raw"),
         "paired_ratio_env_over_pusher_v5": paired("env", "pusher"),
         "paired_ratio_async2_over_one_env": paired("async2", "env"),
+        "paired_ratio_async2_workers_only_over_one_env": paired("async2_workers_only", "env"),
+        "paired_ratio_two_processes_over_one_env": paired("two_processes", "env"),
     }
 
 

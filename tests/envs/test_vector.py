@@ -1,0 +1,280 @@
+"""make_vec's lean vector envs: the same batches as gymnasium's, the same errors."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.spaces.utils import flatten
+from gymnasium.vector import AutoresetMode
+from gymnasium.vector.utils import (
+    batch_space,
+    create_shared_memory,
+    read_from_shared_memory,
+    write_to_shared_memory,
+)
+from gymnasium.vector.vector_env import VectorEnv
+
+import vla_gym
+from vla_gym.envs.base import instruction_space
+from vla_gym.vector import HybridVectorEnv, LeanAsyncVectorEnv, LeanInfoMixin, LeanSyncVectorEnv
+
+MULTI = "vla_gym/TabletopMultiTask-v0"  # info keys differ between families: masks matter
+SMALL = {"image_size": 32}
+
+
+def assert_same(a, b, path="") -> None:
+    """Equal values, types, dtypes and shapes, recursively (bit-identical arrays)."""
+    assert type(a) is type(b), (path, type(a), type(b))
+    if isinstance(a, dict):
+        assert list(a) == list(b), path
+        for key in a:
+            assert_same(a[key], b[key], f"{path}/{key}")
+    elif isinstance(a, (tuple, list)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{path}[{i}]")
+    elif isinstance(a, np.ndarray):
+        assert a.dtype == b.dtype and a.shape == b.shape, path
+        if a.dtype == object:
+            assert a.tolist() == b.tolist(), path
+        else:
+            assert a.tobytes() == b.tobytes(), path
+    else:
+        assert a == b or (a != a and b != b), path
+
+
+def _run(vec: gym.vector.VectorEnv, steps: int) -> list:
+    rng = np.random.default_rng(0)
+    out = [vec.reset(seed=7)]
+    for _ in range(steps):
+        out.append(vec.step(rng.uniform(-1, 1, vec.action_space.shape).astype(np.float32)))
+    vec.close()
+    return out
+
+
+def test_make_vec_builds_lean_classes_with_gymnasiums_spec():
+    ours = vla_gym.make_vec(MULTI, num_envs=2, **SMALL)
+    theirs = gym.make_vec(MULTI, num_envs=2, vectorization_mode="sync", **SMALL)
+    assert isinstance(ours, LeanSyncVectorEnv) and isinstance(ours, gym.vector.SyncVectorEnv)
+    assert ours.spec == theirs.spec
+    ours.close(), theirs.close()
+
+
+def test_sync_batches_match_gymnasium_sync_vector_env():
+    """Seeded run past episode ends (autoreset) with families whose info keys differ."""
+    ours = vla_gym.make_vec(MULTI, num_envs=3, **SMALL)
+    theirs = gym.make_vec(MULTI, num_envs=3, vectorization_mode="sync", **SMALL)
+    assert_same(_run(ours, 180), _run(theirs, 180))
+
+
+def test_async_batches_match_sync():
+    ours = vla_gym.make_vec(MULTI, num_envs=2, vectorization_mode="async",
+                            vector_kwargs={"local_envs": 0}, **SMALL)
+    assert isinstance(ours, LeanAsyncVectorEnv)
+    assert_same(_run(ours, 40), _run(vla_gym.make_vec(MULTI, num_envs=2, **SMALL), 40))
+
+
+class _Gym(VectorEnv):
+    num_envs = 3
+
+
+class _Lean(LeanInfoMixin, _Gym):
+    pass
+
+
+def test_add_info_matches_gymnasium_for_every_value_kind():
+    infos = [
+        {"i": 1, "f": 0.5, "b": True, "f32": np.float32(2), "a": np.arange(3.0), "s": "x",
+         "n": None, "d": {"inner": 1.0}, "final_obs": {"k": np.ones(2)}},
+        {"f": 1.5, "only_here": np.int64(4)},
+        {"i": 2.7, "b": False, "a": np.ones(3), "d": {"inner": 3.0, "more": "y"}},
+    ]
+    merged = {}, {}
+    for env_num, info in enumerate(infos):
+        _Gym()._add_info(merged[0], info, env_num)
+        _Lean()._add_info(merged[1], info, env_num)
+    assert_same(merged[1], merged[0])
+
+
+def test_bad_mode_action_and_closed_env_raise_as_before():
+    with pytest.raises(ValueError, match="vectorization mode"):
+        vla_gym.make_vec(MULTI, num_envs=2, vectorization_mode="threads")
+    vec = vla_gym.make_vec(MULTI, num_envs=2, **SMALL)
+    vec.reset(seed=0)
+    with pytest.raises(ValueError, match="finite"):
+        vec.step(np.full((2, 7), np.nan, np.float32))
+    vec.close()
+    async_vec = vla_gym.make_vec(MULTI, num_envs=2, vectorization_mode="async",
+                                 vector_kwargs={"local_envs": 0}, **SMALL)
+    async_vec.close()
+    with pytest.raises(gym.error.ClosedEnvironmentError):
+        async_vec.step(np.zeros((2, 7), np.float32))
+
+
+def test_instruction_buffer_round_trips_and_follows_writes():
+    space = instruction_space()
+    buffer = create_shared_memory(space, n=2, ctx=mp.get_context("spawn"))
+    batch = read_from_shared_memory(space, buffer, n=2)
+    for text in ("pick up the red cube.", "push the ball left of the bowl, please!"):
+        write_to_shared_memory(space, 0, text, buffer)
+        write_to_shared_memory(space, 1, text[::-1], buffer)
+        assert tuple(batch) == (text, text[::-1]) == batch[:] and batch[-1] == text[::-1]
+        np.testing.assert_array_equal(space.codes(text), flatten(space, text))
+
+
+# -- HybridVectorEnv: async mode's parent-and-workers vector env ----------------------------
+
+PICK = "vla_gym/TabletopPick-v0"  # 100-step time limit: truncations within a short run
+
+
+def _hybrid(env_id=MULTI, num_envs=3, local_envs=1, **vector_kwargs):
+    vec = vla_gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="async",
+                           vector_kwargs={"local_envs": local_envs, **vector_kwargs}, **SMALL)
+    assert isinstance(vec, HybridVectorEnv) and vec.local_envs == local_envs
+    return vec
+
+
+def _run_disabled(vec: gym.vector.VectorEnv, steps: int) -> list:
+    """The rollout/collect loop: autoreset off, ended envs reset by mask with list seeds."""
+    rng = np.random.default_rng(1)
+    out = [vec.reset(seed=[11 * i for i in range(vec.num_envs)])]
+    next_seed = 100
+    for t in range(steps):
+        result = vec.step(rng.uniform(-1, 1, vec.action_space.shape).astype(np.float32))
+        out.append(result)
+        ended = np.logical_or(result[2], result[3])
+        if t in (30, 50, 70):  # stagger the episodes: masks that leave some envs running
+            ended[(t - 30) // 20 % vec.num_envs] = True
+        if ended.any():
+            seeds = [next_seed + i if ended[i] else None for i in range(vec.num_envs)]
+            next_seed += vec.num_envs
+            out.append(vec.reset(seed=seeds, options={"reset_mask": ended.copy()}))
+    out.append(vec.call("np_random_seed"))
+    vec.close()
+    return out
+
+
+def test_async_mode_is_hybrid_for_two_or_more_envs():
+    vec = vla_gym.make_vec(PICK, num_envs=2, vectorization_mode="async", **SMALL)
+    assert isinstance(vec, HybridVectorEnv) and vec.local_envs == 1
+    assert vec.metadata["autoreset_mode"] is AutoresetMode.NEXT_STEP
+    assert vec.single_observation_space == gym.make(PICK, **SMALL).observation_space
+    assert vec.observation_space == batch_space(vec.single_observation_space, 2)
+    assert vec.action_space.shape == (2, 7) and vec.spec.kwargs["vectorization_mode"] == "async"
+    vec.close()
+    for num_envs, vector_kwargs in ((1, {}), (2, {"local_envs": 0})):  # plain workers
+        vec = vla_gym.make_vec(PICK, num_envs=num_envs, vectorization_mode="async",
+                               vector_kwargs=vector_kwargs, **SMALL)
+        assert type(vec) is LeanAsyncVectorEnv
+        vec.close()
+    for bad in (2, -1):
+        with pytest.raises(ValueError, match="local_envs"):
+            vla_gym.make_vec(PICK, num_envs=2, vectorization_mode="async",
+                             vector_kwargs={"local_envs": bad}, **SMALL)
+
+
+def test_hybrid_matches_sync_with_autoreset():
+    """Seeded run past time limits (Pick) with default NEXT_STEP autoreset."""
+    ours = _run(_hybrid(PICK, num_envs=2), 230)
+    theirs = _run(vla_gym.make_vec(PICK, num_envs=2, **SMALL), 230)
+    assert sum(step[3].sum() for step in theirs[1:]) >= 4  # episodes ended by the time limit
+    assert_same(ours, theirs)
+    assert type(ours[0][0]["instruction"]) is tuple
+
+
+def test_hybrid_matches_sync_with_differing_info_keys_and_two_local_envs():
+    assert_same(_run(_hybrid(num_envs=4, local_envs=2), 60),
+                _run(vla_gym.make_vec(MULTI, num_envs=4, **SMALL), 60))
+
+
+def test_hybrid_matches_sync_with_autoreset_disabled_and_masked_resets():
+    disabled = {"autoreset_mode": AutoresetMode.DISABLED}
+    ours = _hybrid(PICK, num_envs=3, **disabled)
+    assert ours.metadata["autoreset_mode"] is AutoresetMode.DISABLED
+    theirs = vla_gym.make_vec(PICK, num_envs=3, vector_kwargs=disabled, **SMALL)
+    a, b = _run_disabled(ours, 220), _run_disabled(theirs, 220)
+    assert len(a) >= 228  # masked resets: 3 forced, then each env's time limits apart
+    assert_same(a, b)
+
+
+def test_hybrid_call_render_get_and_set_attr_match_sync():
+    kwargs = {"image_size": 32, "render_mode": "rgb_array"}
+    ours = vla_gym.make_vec(PICK, num_envs=3, vectorization_mode="async", **kwargs)
+    theirs = vla_gym.make_vec(PICK, num_envs=3, **kwargs)
+    for vec in (ours, theirs):
+        vec.reset(seed=3)
+        vec.step(np.full((3, 7), 0.5, np.float32))
+    assert_same(ours.call("render"), theirs.call("render"))
+    assert_same(ours.render(), theirs.render())
+    assert ours.get_attr("np_random_seed") == theirs.get_attr("np_random_seed") == (3, 4, 5)
+    assert ours.np_random_seed == (3, 4, 5)
+    ours.set_attr("note", ["a", "b", "c"])
+    assert ours.get_attr("note") == ("a", "b", "c")
+    ours.set_attr("note", 1)
+    assert ours.get_attr("note") == (1, 1, 1)
+    with pytest.raises(ValueError, match="length equal"):
+        ours.set_attr("note", [1, 2])
+    with pytest.raises(ValueError, match="use `step` directly"):
+        ours.call("step", np.zeros(7))
+    assert ours.get_attr("note") == (1, 1, 1)  # no worker died of it
+    ours.close(), theirs.close()
+
+
+def test_hybrid_errors_match_sync_and_close_works():
+    vec = _hybrid(num_envs=2)
+    vec.reset(seed=0)
+    with pytest.raises(ValueError, match="finite"):
+        vec.step(np.full((2, 7), np.nan, np.float32))
+    vec.close()
+    assert vec.closed
+    with pytest.raises(gym.error.ClosedEnvironmentError):
+        vec.step(np.zeros((2, 7), np.float32))
+    with pytest.raises(gym.error.ClosedEnvironmentError):
+        vec.reset(seed=0)
+
+    vec = _hybrid(num_envs=2)
+    with pytest.raises(ValueError, match="length must match"):
+        vec.reset(seed=[1, 2, 3])
+    vec.reset(seed=0)
+    with pytest.raises(ValueError, match="batch of 2 actions"):
+        vec.step(np.zeros((3, 7), np.float32))
+    with pytest.raises(ValueError, match="at least one True"):
+        vec.reset(options={"reset_mask": np.zeros(2, bool)})
+    with pytest.raises(TypeError, match="dtype=np.bool_"):
+        vec.reset(options={"reset_mask": np.zeros(2, int)})
+    obs, *_ = vec.step(np.zeros((2, 7), np.float32))  # still usable after refused input
+    assert obs["image"].shape == (2, 32, 32, 3)
+    vec.close()
+    vec.close()  # twice is fine
+
+
+def test_hybrid_close_terminate_after_ctrl_c():
+    """Ctrl-C in the parent's own env step, workers mid-step: ``close(terminate=True)``."""
+    vec = _hybrid(num_envs=3)
+    vec.reset(seed=0)
+
+    def interrupted(action):
+        raise KeyboardInterrupt
+
+    vec._local.envs[0].step = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        vec.step(np.zeros((3, 7), np.float32))
+    vec.close(terminate=True)
+    assert vec.closed and not any(p.is_alive() for p in vec._remote.processes)
+
+
+def test_hybrid_close_terminate_after_worker_saw_ctrl_c():
+    """Ctrl-C reaches the spawned workers too (collect closes with ``terminate=True``)."""
+    vec = _hybrid(num_envs=2)
+    vec.reset(seed=0)
+    worker = vec._remote.processes[0]
+    os.kill(worker.pid, signal.SIGINT)
+    worker.join(timeout=30)
+    assert not worker.is_alive()
+    vec.close(terminate=True)
+    assert vec.closed
