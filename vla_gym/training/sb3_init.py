@@ -106,17 +106,23 @@ def init_from_bc(sb3_policy: Any, policy: Any) -> None:
     check_bc_policy(policy)
     for extractor in _extractors(sb3_policy):
         load_trunk(extractor, policy)
+    _copy_head(policy, sb3_policy.mlp_extractor.policy_net, sb3_policy.action_net, "SB3 actor")
+
+
+def _copy_head(policy: Any, hidden_layers: Any, mean_layer: nn.Linear, name: str) -> None:
+    """BC head -> an SB3 actor's hidden layers and mean layer, de-normalising the output so
+    the actor's mean is the BC action in env units."""
     linears = _head_linears(policy)
-    hidden = [m for m in sb3_policy.mlp_extractor.policy_net if isinstance(m, nn.Linear)]
+    hidden = [m for m in hidden_layers if isinstance(m, nn.Linear)]
     if len(hidden) != len(linears) - 1:
-        raise ValueError(f"the SB3 actor has {len(hidden)} hidden layers but the BC head has "
+        raise ValueError(f"the {name} has {len(hidden)} hidden layers but the BC head has "
                          f"{len(linears) - 1}; build it with actor_kwargs(policy)")
     for target, source in zip(hidden, linears):
         target.load_state_dict(source.state_dict())
     last, dim = linears[-1], policy.config.contract.dim
     mean, std = policy.normalizer.action_mean, policy.normalizer.action_std
-    sb3_policy.action_net.weight.copy_(last.weight[:dim] * std[:, None])
-    sb3_policy.action_net.bias.copy_(last.bias[:dim] * std + mean)
+    mean_layer.weight.copy_(last.weight[:dim] * std[:, None])
+    mean_layer.bias.copy_(last.bias[:dim] * std + mean)
 
 
 @torch.no_grad()
@@ -132,17 +138,7 @@ def load_sac_from_bc(sac_policy: Any, policy: Any, log_std: float) -> None:
                   sac_policy.critic_target.features_extractor]
     for extractor in {id(e): e for e in extractors}.values():
         load_trunk(extractor, policy)
-    linears = _head_linears(policy)
-    hidden = [m for m in actor.latent_pi if isinstance(m, nn.Linear)]
-    if len(hidden) != len(linears) - 1:
-        raise ValueError(f"the SAC actor has {len(hidden)} hidden layers but the BC head has "
-                         f"{len(linears) - 1}; build it with actor_kwargs(policy)'s net_arch")
-    for target, source in zip(hidden, linears):
-        target.load_state_dict(source.state_dict())
-    last, dim = linears[-1], policy.config.contract.dim
-    mean, std = policy.normalizer.action_mean, policy.normalizer.action_std
-    actor.mu.weight.copy_(last.weight[:dim] * std[:, None])
-    actor.mu.bias.copy_(last.bias[:dim] * std + mean)
+    _copy_head(policy, actor.latent_pi, actor.mu, "SAC actor")
     actor.log_std.weight.zero_()
     actor.log_std.bias.fill_(log_std)
 
