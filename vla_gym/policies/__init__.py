@@ -6,9 +6,7 @@ stable-baselines3 load on first use of the names that need them.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from vla_gym.lazy import lazy_getattr
 from vla_gym.policies.configuration import (
     AuxConfig,
     FinetuneConfig,
@@ -39,10 +37,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'vla_gym.policies' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = [

@@ -4,8 +4,7 @@ first use of the names below."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from vla_gym.lazy import lazy_getattr
 
 # name -> module that defines it (imported on first access)
 _LAZY = {
@@ -25,10 +24,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'vla_gym.training' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = list(_LAZY)
