@@ -49,11 +49,16 @@ def run_one(env_id: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     started = time.perf_counter()
     env_kwargs = env_kwargs_for(env_id, args)
     demos = Demos.from_expert(env_id, args.demos, seed=0, noise=args.noise,
-                              other_targets=args.other_targets, **env_kwargs)
+                              other_targets=args.other_targets,
+                              grounding_scenes=args.grounding_scenes, **env_kwargs)
     collect_s = time.perf_counter() - started
     changes: dict[str, Any] = {}
     if args.language == "minilm":
         changes["language"] = {"kind": "hf", "pretrained": MINILM}
+    if args.target_xy_to_head:
+        changes["fusion"] = {"target_xy_to_head": True}
+    if args.head_dropout:
+        changes["head"] = {"dropout": args.head_dropout}
     config = BCConfig(preset=preset_for(env_id, args.preset), steps=args.max_steps,
                       batch_size=args.batch_size, grounding_weight=args.grounding,
                       eval_every=0, eval_episodes=10, time_budget_s=args.time_budget,
@@ -64,7 +69,9 @@ def run_one(env_id: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "collect_seconds": round(collect_s, 1), "train_seconds": round(result.train_seconds, 1),
         "train_steps": result.steps, "preset": config.preset, "language": args.language,
         "torch_threads": torch.get_num_threads(), "env_kwargs": env_kwargs,
-        "dart_noise": args.noise, "shift": args.shift, "other_target_frames": len(
+        "dart_noise": args.noise, "shift": args.shift, "policy_changes": changes,
+        "grounding_scenes": args.grounding_scenes,
+        "other_target_frames": len(
             demos.grounding_frames) if demos.grounding_frames is not None else 0,
     }
     size = {"image_size": args.image_size}  # the policy's own views open their cameras
@@ -99,6 +106,13 @@ def main() -> None:
     parser.add_argument("--shift", type=int, default=4, help="random-shift augmentation (px)")
     parser.add_argument("--other-targets", action=argparse.BooleanOptionalAction, default=False,
                         help="grounding labels for the other objects of the demos' scenes")
+    parser.add_argument("--grounding-scenes", type=int, default=0,
+                        help="further scenes seen only by the grounding losses (frames along "
+                        "the expert's approach to each object; no actions)")
+    parser.add_argument("--head-dropout", type=float, default=0.0)
+    parser.add_argument("--target-xy-to-head", action=argparse.BooleanOptionalAction,
+                        default=False, help="each view's target-map position goes straight "
+                        "to the final MLP (fusion.target_xy_to_head)")
     parser.add_argument("--eval-episodes", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (2 cores)")
     parser.add_argument("--seed", type=int, default=0)

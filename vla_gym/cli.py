@@ -105,6 +105,10 @@ def train_bc_command(
     state_velocities: bool = typer.Option(
         False, "--state-velocities/--no-state-velocities",
         help="Feed the robot's velocities to the policy (off: no copycat shortcut)."),
+    grounding_scenes: int = typer.Option(
+        0, "--grounding-scenes", min=0,
+        help="Further scenes for the grounding loss only: frames along the expert's approach "
+             "to each object, no actions (needs --grounding > 0)."),
     resume: bool = typer.Option(False, "--resume", help="Continue RUN's latest checkpoint."),
 ):
     """Behaviour cloning on recorded demos; evaluates in the env as it goes."""
@@ -115,7 +119,12 @@ def train_bc_command(
                       eval_every=eval_every, eval_episodes=eval_episodes,
                       grounding_weight=grounding, contrastive_weight=contrastive, seed=seed,
                       time_budget_s=time_budget, state_velocities=state_velocities)
+    if grounding_scenes and grounding <= 0:
+        raise typer.BadParameter("--grounding-scenes feeds the grounding loss; set --grounding "
+                                 "to a weight > 0 (e.g. 1.0)", param_hint="--grounding-scenes")
     demos = Demos.from_dataset(dataset)
+    if grounding_scenes:
+        demos = demos.with_grounding_scenes(grounding_scenes, seed=seed)
     try:
         result = train_bc(demos, out, config, resume=resume, progress=sys.stderr.isatty())
     except KeyboardInterrupt:

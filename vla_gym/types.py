@@ -21,6 +21,18 @@ STATE = "state"
 # Image observation keys and the env camera that fills each (``cameras=`` env kwarg).
 CAMERA_OF_VIEW = {IMAGE: "main", WRIST_IMAGE: "wrist", TOP_IMAGE: "top"}
 
+
+def pixel_label(view: str) -> str:
+    """The info key holding where the instructed target appears in image ``view`` ((column,
+    row) in [0, 1]; NaN behind the camera): ``target_pixel`` for the main camera,
+    ``wrist_target_pixel`` for the wrist camera's ``wrist_image``, and so on."""
+    if view not in CAMERA_OF_VIEW:
+        raise ValueError(f"unknown image key {view!r}; expected one of {list(CAMERA_OF_VIEW)}")
+    return "target_pixel" if view == IMAGE else f"{CAMERA_OF_VIEW[view]}_target_pixel"
+
+
+PIXEL_LABELS = tuple(pixel_label(view) for view in CAMERA_OF_VIEW)
+
 DEFAULT_IMAGE_SIZE = 96
 MAX_INSTRUCTION_LENGTH = 256
 # gymnasium's Text default charset is alphanumeric only; instructions need spaces and punctuation.

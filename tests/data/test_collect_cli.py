@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import typer
 from typer.testing import CliRunner
 
 from vla_gym.data import load_demos
 from vla_gym.data.cli import collect
+from vla_gym.training.demos import Demos
 
 app = typer.Typer()
 app.command()(collect)
@@ -42,6 +44,17 @@ def test_collect_command_end_to_end(tmp_path):
     state = runner.invoke(app, [*ARGS, "--out", str(tmp_path / "state"), "--obs-mode", "state"])
     assert state.exit_code == 0, state.output
     assert "image" not in load_demos(tmp_path / "state").observation_space.spaces
+
+    wrist = runner.invoke(app, [*ARGS, "--out", str(tmp_path / "wrist"), "--cameras",
+                                "main,wrist"])
+    assert wrist.exit_code == 0, wrist.output
+    recorded = Demos.from_dataset(tmp_path / "wrist")
+    assert set(recorded.views) == {"wrist_image"}
+    # where the target is in the wrist image, recorded for the wrist view's grounding loss
+    assert recorded.wrist_target_pixel.shape == (len(recorded), 2)
+    assert np.isfinite(recorded.wrist_target_pixel).all()
+    assert not np.allclose(recorded.wrist_target_pixel, recorded.target_pixel)
+    assert Demos.from_dataset(tmp_path / "demos").wrist_target_pixel is None
 
 
 def test_collect_command_rejects_bad_input(tmp_path):

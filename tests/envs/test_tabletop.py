@@ -83,16 +83,36 @@ def test_info_names_the_true_target(env):
         assert any(key.startswith("reward_") for key in info)
 
 
+def _shows_target(image: np.ndarray, pixel: np.ndarray, colour_name: str) -> bool:
+    """The 3x3 patch at ``pixel`` has a colour nearer the target's than the table's."""
+    column, row = (pixel * image.shape[0]).astype(int)
+    patch = image[row - 1:row + 2, column - 1:column + 2].reshape(-1, 3).astype(float)
+    colour = np.asarray(COLOURS[colour_name][:3]) * 255
+    # the rendered colour is shaded, so compare against the table's (the commonest) colour
+    table = np.median(image.reshape(-1, 3).astype(float), axis=0)
+    return bool(np.linalg.norm(patch - colour, axis=1).min() < np.linalg.norm(table - colour))
+
+
 def test_target_pixel_points_at_the_target_in_the_image(env):
     for seed in range(5):
         obs, info = env.reset(seed=seed)
-        column, row = (info["target_pixel"] * obs["image"].shape[0]).astype(int)
-        patch = obs["image"][row - 1:row + 2, column - 1:column + 2].reshape(-1, 3).astype(float)
-        colour = np.asarray(COLOURS[env.unwrapped.episode.target.colour][:3]) * 255
-        # the rendered colour is shaded, so compare against the table's colour as well
-        table = obs["image"][-2, obs["image"].shape[1] // 2].astype(float)
-        nearest = np.linalg.norm(patch - colour, axis=1).min()
-        assert nearest < np.linalg.norm(table - colour), (seed, info["target"], patch)
+        colour = env.unwrapped.episode.target.colour
+        assert _shows_target(obs["image"], info["target_pixel"], colour), (seed, info["target"])
+        assert "wrist_target_pixel" not in info  # no wrist camera, no wrist label
+
+
+def test_wrist_target_pixel_points_at_the_target_in_the_wrist_image():
+    env = gym.make("vla_gym/TabletopPick-v0", cameras=("main", "wrist"), image_size=64)
+    shown = 0
+    for seed in range(8):
+        obs, info = env.reset(seed=seed)
+        pixel = info["wrist_target_pixel"]
+        assert pixel.shape == (2,) and not np.allclose(pixel, info["target_pixel"])
+        if ((pixel > 0.05) & (pixel < 0.95)).all():
+            shown += 1
+            assert _shows_target(obs["wrist_image"], pixel, env.unwrapped.episode.target.colour)
+    assert shown >= 6  # the wrist camera sees most of the table from the home pose
+    env.close()
 
 
 @pytest.mark.parametrize("bad", [np.zeros(6), np.zeros((7, 1)), [np.nan] * 7, [np.inf] * 7])

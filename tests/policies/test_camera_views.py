@@ -10,6 +10,7 @@ import torch
 from policy_helpers import tiny_config
 
 from vla_gym.policies import VLAPolicy
+from vla_gym.policies.fusion import expected_cell_xy
 from vla_gym.policies.preprocessing import ObservationError
 
 PICK = "vla_gym/TabletopPick-v0"
@@ -106,3 +107,34 @@ def test_rollout_of_a_wrist_policy_opens_the_wrist_camera(tmp_path):
 def test_bad_state_indices_are_refused(indices):
     with pytest.raises(ValueError, match="state_indices must be distinct indices into the 20-D"):
         tiny_config(state_indices=indices)
+
+
+def test_expected_cell_xy_is_the_maps_centre_of_mass():
+    logits = torch.full((1, 16), -50.0)
+    logits[0, 1 * 4 + 3] = 50.0  # row 1, column 3 of a 4 x 4 grid
+    torch.testing.assert_close(expected_cell_xy(logits), torch.tensor([[1.0, -1.0 / 3.0]]))
+    with pytest.raises(ValueError, match="square grid"):
+        expected_cell_xy(torch.zeros(1, 15))
+
+
+@pytest.mark.parametrize("fusion", ["film", "concat"])
+def test_target_xy_of_every_view_reaches_the_final_mlp(wrist_batch, fusion, tmp_path):
+    config = tiny_config(views=WRIST, fusion={"kind": fusion, "target_xy_to_head": True})
+    policy = VLAPolicy(config).eval()
+    seen: list[torch.Tensor] = []
+    policy.trunk.out.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    maps: list[torch.Tensor | None] = []
+    policy.trunk.register_forward_hook(
+        lambda module, args, out: maps.extend([out.target_map, *out.extra_maps]))
+    actions = policy.predict(wrist_batch)
+    dim = config.fusion.dim
+    xy = seen[0][:, 2 * dim:2 * dim + 4]  # after both views' fused features, before the state
+    if fusion == "film":  # each view's own map: where it puts the instructed object
+        expected = torch.cat([expected_cell_xy(m) for m in maps], dim=-1)
+        torch.testing.assert_close(xy, expected)
+        assert not torch.allclose(expected[:, :2], expected[:, 2:])
+    else:  # no target map: zeros, so the layout stays the same
+        assert torch.equal(xy, torch.zeros_like(xy))
+    loaded = VLAPolicy.from_pretrained(policy.save_pretrained(tmp_path / "p"))
+    assert loaded.config.fusion.target_xy_to_head
+    np.testing.assert_array_equal(loaded.predict(wrist_batch), actions)

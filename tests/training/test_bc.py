@@ -8,7 +8,7 @@ import torch
 
 from vla_gym.training.bc import BCConfig, BCTrainer, train_bc
 from vla_gym.training.checkpoints import latest_checkpoint
-from vla_gym.training.demos import Demos
+from vla_gym.training.demos import APPROACH_EVERY, APPROACH_STEPS, Demos
 
 PICK = "vla_gym/TabletopPick-v0"
 
@@ -129,6 +129,16 @@ def test_cli_collect_then_train_bc_then_rollout_the_checkpoint(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((run / "summary.json").read_text())
     assert summary["episodes"] == 2 and summary["steps"] == 12
+    assert summary["grounding_frames"] == 0
+    scenes = ["train", "bc", "--dataset", str(data), "--steps", "2", "--batch-size", "8",
+              "--eval-every", "0", "--eval-episodes", "1", "--grounding-scenes", "1"]
+    refused = runner.invoke(app, [*scenes, "--out", str(tmp_path / "refused")])
+    assert refused.exit_code == 2 and "--grounding" in refused.output
+    result = runner.invoke(app, [*scenes, "--grounding", "1.0", "--out", str(tmp_path / "g")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "g" / "summary.json").read_text())
+    # one scene, each object approached, a frame every APPROACH_EVERY steps
+    assert summary["grounding_frames"] >= 2 * (APPROACH_STEPS // APPROACH_EVERY + 1)
     out = tmp_path / "r.json"
     result = runner.invoke(app, ["rollout", "--env", PICK, "--policy", str(run / "policy"),
                                  "--episodes", "1", "--json", str(out)])
@@ -159,6 +169,41 @@ def test_wrist_camera_demos_train_a_policy_that_reads_both_views(tmp_path):
     policy = VLAPolicy.from_pretrained(result.policy_dir)
     assert policy.config.views == ("image", "wrist_image")
     assert result.evaluations[-1]["episodes"] == 1  # its eval env opened the wrist camera
+
+
+def test_grounding_scenes_add_approach_frames_of_new_scenes_only():
+    demos = Demos.from_expert(PICK, 1, seed=0, image_size=32, noise=0.2, grounding_scenes=2)
+    frames = demos.grounding_frames
+    per_approach = APPROACH_STEPS // APPROACH_EVERY + 1
+    assert frames is not None and np.isnan(frames.actions).all()
+    assert len(frames) >= 2 * 2 * per_approach  # two scenes, two or more objects each
+    assert not any(np.array_equal(image, demos.images[0]) for image in frames.images)
+    for start in range(0, len(frames) - per_approach + 1, per_approach):
+        approach = slice(start, start + per_approach)
+        assert len(set(frames.targets[approach])) == 1  # one object per approach
+        assert len(set(frames.instructions[approach])) == 1
+        ee = frames.states[approach, 13:16]
+        assert np.linalg.norm(ee[-1] - ee[0]) > 0.03  # the gripper travelled...
+        pixels = frames.target_pixel[approach]
+        assert np.abs(pixels - pixels[0]).max() < 0.05  # ...while the object stayed put
+    assert len(set(frames.targets)) >= 3
+    plain = Demos.from_expert(PICK, 1, seed=0, image_size=32, noise=0.2)
+    np.testing.assert_array_equal(plain.actions, demos.actions)  # the demos are unchanged
+    with pytest.raises(ValueError, match="grounding_scenes"):
+        Demos.from_expert(PICK, 1, grounding_scenes=-1)
+
+
+def test_the_wrist_cameras_target_map_learns_from_its_own_labels(tmp_path):
+    demos = Demos.from_expert(PICK, 2, seed=0, image_size=32, cameras=("main", "wrist"))
+    wrist = demos.wrist_target_pixel
+    assert wrist.shape == (len(demos), 2) and not np.allclose(wrist, demos.target_pixel)
+    assert "wrist_target_pixel" in demos.batch(np.arange(2))
+    trainer = BCTrainer(demos, tmp_path, _config(steps=80, lr=2e-3, grounding_weight=1.0))
+    first = np.mean([trainer.train_step()["wrist_image_map_loss"] for _ in range(5)])
+    for _ in range(70):
+        trainer.train_step()
+    last = np.mean([trainer.train_step()["wrist_image_map_loss"] for _ in range(5)])
+    assert last < 0.8 * first, (first, last)
 
 
 def test_a_wrist_policy_refuses_demos_without_wrist_images(pick_demos, tmp_path):

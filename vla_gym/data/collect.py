@@ -22,6 +22,7 @@ from vla_gym.data.layout import dataset_id, episode_dirs, read_json
 from vla_gym.data.writer import DemoWriter
 from vla_gym.interrupts import StopRequest
 from vla_gym.rollout import info_row, merge_info
+from vla_gym.types import CAMERA_OF_VIEW, IMAGE, pixel_label
 from vla_gym.vector import make_vec
 
 # Per-step info recorded with every frame (what a BC trainer's auxiliary heads read), with the
@@ -34,6 +35,14 @@ INFO_DEFAULTS: dict[str, Any] = {
     "target_pixel": np.full(2, np.nan),  # where the target is in the image (NaN: not in view)
     "physics_diverged": False,
 }
+
+
+def info_defaults(obs_space: spaces.Dict) -> dict[str, Any]:
+    """``INFO_DEFAULTS`` plus, for each extra camera the env observes, where the target is in
+    that camera's image (``wrist_target_pixel``...)."""
+    extra = {pixel_label(view): np.full(2, np.nan) for view in obs_space.spaces
+             if view in CAMERA_OF_VIEW and view != IMAGE}
+    return {**INFO_DEFAULTS, **extra}
 
 
 @dataclass
@@ -70,7 +79,8 @@ class _Episode:
         self.index, self.seed = index, seed
         self._text = {k for k, s in obs_space.spaces.items() if isinstance(s, spaces.Text)}
         self.obs: dict[str, list] = {k: [] for k in obs_space.spaces}
-        self.infos: dict[str, list] = {k: [] for k in INFO_DEFAULTS}
+        self._info_defaults = info_defaults(obs_space)
+        self.infos: dict[str, list] = {k: [] for k in self._info_defaults}
         self.actions: list[np.ndarray] = []
         self.rewards: list[float] = []
         self.terminations: list[bool] = []
@@ -79,7 +89,7 @@ class _Episode:
     def add_frame(self, obs: dict[str, Any], info: dict[str, Any], i: int) -> None:
         for key, values in self.obs.items():
             values.append(str(obs[key][i]) if key in self._text else np.array(obs[key][i]))
-        for key, default in INFO_DEFAULTS.items():
+        for key, default in self._info_defaults.items():
             value = info_row(info, key, i, default)
             if isinstance(default, np.ndarray):
                 value = np.asarray(value, dtype=np.float64).reshape(default.shape)
@@ -106,7 +116,7 @@ class _Episode:
             actions=np.stack(self.actions), rewards=self.rewards,
             terminations=self.terminations, truncations=self.truncations,
             # Minari's Parquet codec only takes arrays of rank >= 2; scalars go as lists.
-            infos={k: np.stack(v) if isinstance(INFO_DEFAULTS[k], np.ndarray) else list(v)
+            infos={k: np.stack(v) if isinstance(self._info_defaults[k], np.ndarray) else list(v)
                    for k, v in self.infos.items()},
         )
 

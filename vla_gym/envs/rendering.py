@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import mujoco
 import numpy as np
 
-from vla_gym.types import RENDER_QUALITIES
+from vla_gym.types import RENDER_QUALITIES, pixel_label
 
 _QUALITY = {
     # offsamples, shadowsize, shadows+reflections on, mesh slices/stacks for curved primitives
@@ -142,6 +142,14 @@ class CameraProjection:
             return np.full(2, np.nan)
         return np.array([0.5 + self.focal * local[0] / depth,
                          0.5 - self.focal * local[1] / depth])
+
+
+def view_projections(model: mujoco.MjModel, cameras: dict[str, str],
+                     ) -> tuple[tuple[str, CameraProjection], ...]:
+    """(info key, projection) per extra image view: ``cameras`` maps each view's observation key
+    to its MuJoCo camera; the keys are ``types.pixel_label``'s (``wrist_target_pixel``...)."""
+    return tuple((pixel_label(view), CameraProjection(model, camera))
+                 for view, camera in cameras.items())
 
 
 def project_to_image(model: mujoco.MjModel, data: mujoco.MjData, camera: str,

@@ -103,6 +103,10 @@ class FusionConfig:
     heads: int = 4
     layers: int = 2  # cross_attention / early: blocks
     dropout: float = 0.0
+    # Hand each view's target-map position (the expected image (x, y) of the instructed
+    # object, 2 numbers per view) straight to the final MLP next to the state features, where
+    # the action is a function of that offset; fusions without a target map give zeros.
+    target_xy_to_head: bool = False
 
     def __post_init__(self) -> None:
         _choice("fusion", "kind", self.kind, FUSION_KINDS)

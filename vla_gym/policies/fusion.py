@@ -81,6 +81,18 @@ class SpatialSoftmax(nn.Module):
         return torch.einsum("bnd,nk->bdk", weights, self.grid).reshape(b, 2 * d)
 
 
+def expected_cell_xy(logits: Tensor) -> Tensor:
+    """(B, 2) expected (x, y) in [-1, 1] of a softmax over a square grid of ``logits``
+    (B, side * side), the target map's estimate of where the instructed object is."""
+    side = int(round(logits.shape[1] ** 0.5))
+    if side * side != logits.shape[1]:
+        raise ValueError(f"a target map needs a square grid of cells, got {logits.shape[1]}")
+    coords = torch.linspace(-1.0, 1.0, side, device=logits.device, dtype=logits.dtype)
+    weights = torch.softmax(logits, dim=1).view(-1, side, side)
+    return torch.stack([(weights.sum(1) * coords).sum(-1), (weights.sum(2) * coords).sum(-1)],
+                       dim=-1)
+
+
 class FiLMFusion(Fusion):
     def __init__(self, v_dim: int, l_dim: int, n_tokens: int, cfg: FusionConfig) -> None:
         super().__init__()

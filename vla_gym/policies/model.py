@@ -19,7 +19,7 @@ from vla_gym.policies.configuration import VisionConfig, VLAConfig
 from vla_gym.policies.encoders.language import LanguageEncoder, LanguageFeatures, build_language
 from vla_gym.policies.encoders.vision import build_vision
 from vla_gym.policies.finetune import apply_finetune, is_frozen
-from vla_gym.policies.fusion import build_fusion
+from vla_gym.policies.fusion import build_fusion, expected_cell_xy
 from vla_gym.policies.layers import mlp
 
 
@@ -29,6 +29,7 @@ class TrunkOutput:
     vision: Tensor  # (B, Dv) pooled image embedding (contrastive loss)
     language: Tensor  # (B, Dl) pooled instruction embedding (contrastive loss)
     target_map: Tensor | None = None  # (B, tokens) logits of where the target is (grounding)
+    extra_maps: tuple[Tensor | None, ...] = ()  # the same for each of config.extra_views
 
 
 def num_vision_tokens(cfg: VisionConfig, patch_size: int) -> int:
@@ -94,6 +95,13 @@ def _stack(entries: list[tuple[Tensor, Tensor]]) -> LanguageFeatures:
     return LanguageFeatures(pooled, tokens, mask)
 
 
+def _target_xy(target_map: Tensor | None, like: Tensor) -> Tensor:
+    """Where a view's target map puts the target, (B, 2) in [-1, 1]; zeros without a map."""
+    if target_map is None:
+        return like.new_zeros(like.shape[0], 2)
+    return expected_cell_xy(target_map)
+
+
 class VLATrunk(nn.Module):
     """Vision encoder, language encoder, fusion, state MLP and a final MLP."""
 
@@ -113,6 +121,8 @@ class VLATrunk(nn.Module):
 
         self.fusion = fusion()
         width = config.fusion.dim * len(config.views)
+        if config.fusion.target_xy_to_head:
+            width += 2 * len(config.views)
         if config.use_state:
             read = len(config.state_indices) or config.state_dim
             self.state = mlp(read, config.hidden, config.hidden, layers=2)
@@ -163,9 +173,13 @@ class VLATrunk(nn.Module):
                              f"{list(self.config.extra_views)}, got {len(extra_views)}")
         v_pooled, v_tokens = self.vision(images)
         fused, target_map = self.fusion.forward_with_map(v_pooled, v_tokens, lang)
-        parts = [fused]
+        parts, extra_maps = [fused], []
         for encoder, fusion, view in zip(self.extra_vision, self.extra_fusion, extra_views):
-            parts.append(fusion(*encoder(view), lang))
+            view_fused, view_map = fusion.forward_with_map(*encoder(view), lang)
+            parts.append(view_fused)
+            extra_maps.append(view_map)
+        if self.config.fusion.target_xy_to_head:
+            parts.extend(_target_xy(m, fused) for m in (target_map, *extra_maps))
         fused = torch.cat(parts, dim=-1) if len(parts) > 1 else fused
         if self.config.use_state:
             if state is None:
@@ -173,4 +187,5 @@ class VLATrunk(nn.Module):
             if len(self.state_index):
                 state = state.index_select(-1, self.state_index)
             fused = torch.cat([fused, self.state(state)], dim=-1)
-        return TrunkOutput(self.out(fused), v_pooled, lang.pooled, target_map)
+        return TrunkOutput(self.out(fused), v_pooled, lang.pooled, target_map,
+                           tuple(extra_maps))

@@ -28,9 +28,11 @@ from vla_gym.policies.heads import (
     GroundingHead,
     Metrics,
     Normalizer,
+    target_map_loss,
 )
 from vla_gym.policies.model import TrunkOutput, VLATrunk
 from vla_gym.policies.preprocessing import Inputs, ObservationError, add_batch_dim, preprocess
+from vla_gym.types import pixel_label
 
 
 @dataclass
@@ -177,11 +179,30 @@ class VLAPolicy(nn.Module):
                                                     out.target_map, pixel_t)
             total = total + aux.grounding_weight * g_loss
             metrics.update(grounding_loss=g_loss.item(), **g_metrics)
+        if self.grounding is not None:
+            total = total + aux.grounding_weight * self._view_map_losses(batch, out, metrics)
         if self.contrastive is not None and inputs.batch_size > 1:
             c_loss, c_metrics = self.contrastive.loss(out.vision, out.language,
                                                       inputs.instructions)
             total = total + aux.contrastive_weight * c_loss
             metrics.update(contrastive_loss=c_loss.item(), **c_metrics)
+        return total
+
+    def _view_map_losses(self, batch: dict[str, Any], out: TrunkOutput,
+                         metrics: Metrics) -> Tensor:
+        """Each extra camera's target map against where the target is in that camera's image
+        (``wrist_target_pixel``...): in a wrist view the offset between gripper and target is
+        what the next action corrects, so that map is worth supervising too."""
+        total = out.features.new_zeros(())
+        for view, view_map in zip(self.config.extra_views, out.extra_maps):
+            pixels = batch.get(pixel_label(view))
+            if view_map is None or pixels is None:
+                continue
+            loss, view_metrics = target_map_loss(view_map, torch.as_tensor(
+                np.asarray(pixels, dtype=np.float32), device=self.device))
+            total = total + loss
+            metrics[f"{view}_map_loss"] = loss.item()
+            metrics.update({f"{view}_{k}": v for k, v in view_metrics.items()})
         return total
 
     # ---- inference ------------------------------------------------------------------------

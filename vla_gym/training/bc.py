@@ -24,7 +24,7 @@ from vla_gym.interrupts import StopRequest
 from vla_gym.training.augment import random_shift
 from vla_gym.training.checkpoints import latest_checkpoint, load_trainer_state, save_checkpoint
 from vla_gym.training.demos import Demos
-from vla_gym.types import state_indices_without_velocities
+from vla_gym.types import pixel_label, state_indices_without_velocities
 
 
 @dataclass(frozen=True)
@@ -191,12 +191,13 @@ class BCTrainer:
         demos = demos or self.demos
         index = self.rng.integers(0, len(demos), size or self.config.batch_size)
         batch = demos.batch(index)
-        # each camera shifted independently; the target's pixel moves with the main image
+        # each camera shifted independently; where the target is moves with its image
         for view in self.policy.config.views:
-            pixels = batch.get("target_pixel") if view == "image" else None
+            label = pixel_label(view)
+            pixels = batch.get(label)
             batch[view], moved = random_shift(batch[view], self.config.shift, self.rng, pixels)
             if pixels is not None:
-                batch["target_pixel"] = moved
+                batch[label] = moved
         return batch
 
     def train_step(self) -> dict[str, float]:
@@ -296,6 +297,8 @@ class BCTrainer:
     def _write_summary(self, result: BCResult) -> None:
         summary = {"env_id": self.demos.env_id, "episodes": self.demos.num_episodes,
                    "transitions": len(self.demos), "config": asdict(self.config),
+                   "grounding_frames": len(frames) if (frames := self.demos.grounding_frames)
+                   is not None else 0,
                    "steps": result.steps, "final_loss": result.final_loss,
                    "train_seconds": result.train_seconds, "evaluations": result.evaluations}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

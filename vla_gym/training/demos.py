@@ -8,6 +8,7 @@ and quick experiments).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,10 +16,23 @@ from typing import Any
 
 import numpy as np
 
-from vla_gym.types import CAMERA_OF_VIEW, IMAGE, INSTRUCTION, STATE, ActionContract
+from vla_gym.types import (
+    CAMERA_OF_VIEW,
+    IMAGE,
+    INSTRUCTION,
+    PIXEL_LABELS,
+    STATE,
+    ActionContract,
+)
 
-# Per-step ground truth the grounding head learns from, recorded next to each frame.
-POSITION_LABELS = ("target_pos", "target_pixel")
+# Per-step ground truth the grounding losses learn from, recorded next to each frame: the
+# target's position, and where it appears in each camera's image (``types.pixel_label``).
+POSITION_LABELS = ("target_pos", *PIXEL_LABELS)
+# Grounding-only scenes (``from_expert(grounding_scenes=...)``) take seeds from here on: far
+# from demo seeds (0, 1, ...) and from evaluation seeds (100 000 on).
+GROUNDING_SEEDS = 50_000
+APPROACH_EVERY = 6  # steps between the grounding frames kept along an approach
+APPROACH_STEPS = 30  # steps of each approach (about where a pick's grasp begins)
 # Image keys besides the main camera's that demos keep when the env emits them.
 EXTRA_VIEWS = tuple(view for view in CAMERA_OF_VIEW if view != IMAGE)
 
@@ -35,6 +49,8 @@ class Demos:
     episode: np.ndarray  # (N,) int: which episode each transition belongs to
     target_pos: np.ndarray | None = None  # (N, 3)
     target_pixel: np.ndarray | None = None  # (N, 2) image (column, row) in [0, 1]; NaN unseen
+    wrist_target_pixel: np.ndarray | None = None  # (N, 2) the same in the wrist camera's image
+    top_target_pixel: np.ndarray | None = None  # (N, 2) the same in the overhead camera's image
     targets: np.ndarray | None = None  # (N,) target names
     views: dict[str, np.ndarray] = field(default_factory=dict)  # extra cameras, like images
     # Frames of the same scenes with the instruction naming another object, and that object's
@@ -129,21 +145,25 @@ class Demos:
     @classmethod
     def from_expert(cls, env_id: str, episodes: int, seed: int = 0, noise: float = 0.0,
                     noisy_fraction: float = 0.75, other_targets: bool = False,
-                    **env_kwargs: Any) -> Demos:
+                    grounding_scenes: int = 0, **env_kwargs: Any) -> Demos:
         """Record ``episodes`` expert episodes in memory (episode j from seed + j).
 
         ``noise`` > 0: that fraction of the episodes is executed with Gaussian action noise of
         std ``noise`` (DART, see ``_record``); the rest are clean. ``other_targets``: also keep
         each scene's first frame once per other object the task could name, instructed to that
         object (``grounding_frames``): the same scenes, five-odd grounding labels each, so the
-        grounding loss cannot be met by remembering where each scene's one target lies."""
+        grounding loss cannot be met by remembering where each scene's one target lies.
+        ``grounding_scenes``: that many further scenes (seeds ``GROUNDING_SEEDS + seed + j``),
+        seen only by the grounding losses: for each object the task could name, frames every
+        ``APPROACH_EVERY`` steps of the expert's (noisy) approach to it, instructed to it. They
+        are perception data, not demonstrations: their actions are NaN and never cloned."""
         import gymnasium as gym
 
         from vla_gym.experts import make_expert
 
-        if noise < 0 or not 0.0 <= noisy_fraction <= 1.0:
-            raise ValueError(f"noise must be >= 0 and noisy_fraction in [0, 1], got {noise}, "
-                             f"{noisy_fraction}")
+        if noise < 0 or not 0.0 <= noisy_fraction <= 1.0 or grounding_scenes < 0:
+            raise ValueError(f"noise and grounding_scenes must be >= 0 and noisy_fraction in "
+                             f"[0, 1], got {noise}, {grounding_scenes}, {noisy_fraction}")
         env = gym.make(env_id, **env_kwargs)
         expert = make_expert(env)
         rng = np.random.default_rng(seed)
@@ -154,12 +174,36 @@ class Demos:
                         for j in range(episodes)]
             frames = [frame for j in range(episodes) if other_targets
                       for frame in _other_target_frames(env, seed + j)]
+            frames += [frame for j in range(grounding_scenes) for frame in _approach_frames(
+                env, expert, GROUNDING_SEEDS + seed + j, noise, rng)]
         finally:
             env.close()
         demos = cls.from_episodes(env_id, env_kwargs, contract, recorded)
         if frames:
             demos.grounding_frames = cls.from_episodes(env_id, env_kwargs, contract, frames)
         return demos
+
+    def with_grounding_scenes(self, scenes: int, seed: int = 0, noise: float = 0.3) -> Demos:
+        """These demos plus ``scenes`` grounding-only scenes recorded in their env (as
+        ``from_expert(grounding_scenes=...)`` adds them; seeds from ``GROUNDING_SEEDS + seed``,
+        the approaches' noise from ``seed``), after any grounding frames they already have."""
+        import gymnasium as gym
+
+        from vla_gym.experts import make_expert
+
+        if scenes < 1:
+            raise ValueError(f"scenes must be >= 1, got {scenes}")
+        env = gym.make(self.env_id, **self.env_kwargs)
+        try:
+            expert, rng = make_expert(env), np.random.default_rng(seed)
+            frames = [frame for j in range(scenes) for frame in _approach_frames(
+                env, expert, GROUNDING_SEEDS + seed + j, noise, rng)]
+        finally:
+            env.close()
+        added = Demos.from_episodes(self.env_id, self.env_kwargs, self.contract, frames)
+        if self.grounding_frames is not None:
+            added = _concatenate(self.grounding_frames, added)
+        return dataclasses.replace(self, grounding_frames=added)
 
     @classmethod
     def from_dataset(cls, path: str | Path, only_success: bool = True) -> Demos:
@@ -192,24 +236,82 @@ def _from_recorded(episode: Any) -> dict[str, Any]:
     return out
 
 
-def _other_target_frames(env: Any, seed: int) -> list[dict[str, Any]]:
-    """Seed ``seed``'s first frame once per other eligible target, as one-step episodes with a
-    NaN action (what ``from_episodes`` takes)."""
-    env.reset(seed=seed)
-    frames = []
+def _concatenate(first: Demos, second: Demos) -> Demos:
+    """``first``'s rows then ``second``'s (episodes renumbered after ``first``'s)."""
+    if set(first.views) != set(second.views):
+        raise ValueError(f"cannot join demos with views {sorted(first.views)} and "
+                         f"{sorted(second.views)}")
+    joined: dict[str, Any] = {}
+    for name in ("images", "instructions", "states", "actions", "targets", *POSITION_LABELS):
+        a, b = getattr(first, name), getattr(second, name)
+        if (a is None) != (b is None):
+            raise ValueError(f"cannot join demos where only one has {name!r}")
+        joined[name] = None if a is None else np.concatenate([a, b])
+    joined["episode"] = np.concatenate([first.episode, second.episode + first.episode.max() + 1])
+    views = {key: np.concatenate([first.views[key], second.views[key]]) for key in first.views}
+    return dataclasses.replace(first, **joined, views=views, grounding_frames=None)
+
+
+def _grounding_frame(env: Any, obs: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    """One observation and its position labels as a one-step episode with a NaN action (what
+    ``from_episodes`` takes)."""
+    frame = {key: np.asarray(obs[key])[None] for key in (IMAGE, *EXTRA_VIEWS, STATE)
+             if key in obs}
+    frame.update({key: np.asarray(info[key], np.float32)[None] for key in POSITION_LABELS
+                  if key in info})
+    action = np.full((1, env.action_space.shape[0]), np.nan, np.float32)
+    return {**frame, "action": action, INSTRUCTION: obs[INSTRUCTION], "target": info["target"]}
+
+
+def _instructed_resets(env: Any, seed: int, others_only: bool) -> Iterable[tuple[Any, Any]]:
+    """Scene ``seed`` reset once per object its task could name (its own target first unless
+    ``others_only``), instructed to that object: (obs, info) each."""
+    obs, info = env.reset(seed=seed)
+    if not others_only:
+        yield obs, info
     for name in env.unwrapped.counterfactual_targets():
         try:
-            obs, info = env.reset(seed=seed, options={"target": name})
+            yield env.reset(seed=seed, options={"target": name})
         except ValueError:  # that object cannot be this task's target
             continue
-        frame = {key: np.asarray(obs[key])[None] for key in (IMAGE, *EXTRA_VIEWS, STATE)
-                 if key in obs}
-        frame.update({key: np.asarray(info[key], np.float32)[None] for key in POSITION_LABELS
-                      if key in info})
-        action = np.full((1, env.action_space.shape[0]), np.nan, np.float32)
-        frames.append({**frame, "action": action, INSTRUCTION: obs[INSTRUCTION],
-                       "target": info["target"]})
+
+
+def _other_target_frames(env: Any, seed: int) -> list[dict[str, Any]]:
+    """Seed ``seed``'s first frame once per other eligible target."""
+    return [_grounding_frame(env, obs, info)
+            for obs, info in _instructed_resets(env, seed, others_only=True)]
+
+
+def _approach_frames(env: Any, expert: Any, seed: int, noise: float,
+                     rng: np.random.Generator) -> list[dict[str, Any]]:
+    """Scene ``seed`` once per object its task could name: a frame every ``APPROACH_EVERY``
+    steps of the expert's approach to that object (with ``noise``, as in ``_record``), up to
+    ``APPROACH_STEPS`` steps, so the grounding losses see the scene from the poses a policy
+    passes through (the wrist camera's view changes the most)."""
+    frames = []
+    contract = env.unwrapped.action_contract
+    for obs, info in _instructed_resets(env, seed, others_only=False):
+        expert.reset()
+        for step in range(APPROACH_STEPS + 1):
+            if step % APPROACH_EVERY == 0:
+                frames.append(_grounding_frame(env, obs, info))
+            action = _with_noise(expert.act(obs), contract, noise, rng)
+            obs, _, terminated, truncated, info = env.step(action)
+            if terminated or truncated:
+                break
     return frames
+
+
+def _with_noise(action: np.ndarray, contract: ActionContract, noise: float,
+                rng: np.random.Generator | None) -> np.ndarray:
+    """``action`` plus Gaussian noise of std ``noise`` on the motion dimensions (the gripper
+    stays clean), clipped to the contract's range."""
+    if noise <= 0 or rng is None:
+        return action
+    motion = np.array([name != "grip" for name in contract.dims])
+    executed = np.array(action, dtype=np.float32, copy=True)
+    executed[motion] += noise * rng.standard_normal(int(motion.sum()))
+    return np.clip(executed, contract.low, contract.high)
 
 
 def _record(env: Any, expert: Any, seed: int, noise: float = 0.0,
@@ -220,24 +322,20 @@ def _record(env: Any, expert: Any, seed: int, noise: float = 0.0,
     obs, info = env.reset(seed=seed)
     expert.reset()
     views = [key for key in (IMAGE, *EXTRA_VIEWS) if key in obs]
+    labels = [key for key in POSITION_LABELS if key in info]
     steps: dict[str, list] = {**{key: [] for key in views}, STATE: [], "action": [],
-                              **{key: [] for key in POSITION_LABELS}}
+                              **{key: [] for key in labels}}
     contract = env.unwrapped.action_contract
-    motion = np.array([name != "grip" for name in contract.dims])  # the gripper stays clean
     done = False
     while not done:
         action = expert.act(obs)
         for key in (*views, STATE):
             steps[key].append(obs[key])
         steps["action"].append(action)
-        for key in POSITION_LABELS:
-            steps[key].append(info.get(key, np.full(2, np.nan)))
-        executed = action
-        if noise > 0 and rng is not None:
-            executed = np.array(action, dtype=np.float32, copy=True)
-            executed[motion] += noise * rng.standard_normal(int(motion.sum()))
-            executed = np.clip(executed, contract.low, contract.high)
-        obs, _, terminated, truncated, info = env.step(executed)
+        for key in labels:
+            steps[key].append(info[key])
+        obs, _, terminated, truncated, info = env.step(
+            _with_noise(action, contract, noise, rng))
         done = terminated or truncated
     return {**{k: np.asarray(v) for k, v in steps.items()}, INSTRUCTION: obs[INSTRUCTION],
             "target": info["target"], "success": bool(info["is_success"])}

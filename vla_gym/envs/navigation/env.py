@@ -51,7 +51,12 @@ from vla_gym.envs.navigation.world import (
     sample_furniture,
     sample_rooms,
 )
-from vla_gym.envs.rendering import CameraProjection, EnvRenderers, check_quality
+from vla_gym.envs.rendering import (
+    CameraProjection,
+    EnvRenderers,
+    check_quality,
+    view_projections,
+)
 from vla_gym.envs.robots.diff_drive import DiffDriveBase
 from vla_gym.types import (
     BASE_VELOCITY,
@@ -137,6 +142,10 @@ class NavEnv(gym.Env[dict[str, Any], np.ndarray]):
         self.renderers = EnvRenderers(self.model, self.image_size, self.render_size,
                                        self.render_quality)
         self._project = CameraProjection(self.model, self.observation_camera)
+        # Where the target is in every other camera's image too (``top_target_pixel``).
+        self._view_projections = view_projections(self.model, {
+            CAMERA_KEYS[c]: CAMERA_NAMES[c] for c in self.cameras
+            if c != "main" and self.obs_mode == "rgb"})
         self.episode: NavEpisode | None = None
         self.grid: OccupancyGrid | None = None
         self.field: np.ndarray | None = None  # path length (m) to the target's goal region
@@ -329,13 +338,14 @@ class NavEnv(gym.Env[dict[str, Any], np.ndarray]):
         pose = self.sim.robot.world_pose(self.data)
         result = evaluate(pose, self.sim.robot.velocity(self.data), episode.target)
         success = bool(result["success"] and not diverged)
-        return {
+        target_world = np.array([*episode.target.xy, 0.0])
+        info = {
             "task": episode.family,
             "target": episode.target.name,
             # In the odometry frame, like ``state``: what a grounding head can learn to predict.
             "target_pos": np.array([*self._to_odometry(episode.target.xy), 0.0]),
-            "target_pos_world": np.array([*episode.target.xy, 0.0]),
-            "target_pixel": self._project(self.data, np.array([*episode.target.xy, 0.0])),
+            "target_pos_world": target_world,
+            "target_pixel": self._project(self.data, target_world),
             "target_shape": episode.target.shape,
             "target_colour": episode.target.colour,
             "robot_pose": pose,
@@ -349,6 +359,9 @@ class NavEnv(gym.Env[dict[str, Any], np.ndarray]):
             "reward_success": float(success),
             "is_success": success,
         }
+        for key, project in self._view_projections:
+            info[key] = project(self.data, target_world)
+        return info
 
     # -- rendering ---------------------------------------------------------------------------
     def render(self) -> np.ndarray | None:

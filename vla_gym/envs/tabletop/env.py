@@ -29,7 +29,12 @@ from vla_gym.envs.base import (
     validate_action,
 )
 from vla_gym.envs.language import COLOURS, SHAPES
-from vla_gym.envs.rendering import CameraProjection, EnvRenderers, check_quality
+from vla_gym.envs.rendering import (
+    CameraProjection,
+    EnvRenderers,
+    check_quality,
+    view_projections,
+)
 from vla_gym.envs.robots.arm import ArmRobot
 from vla_gym.envs.tabletop.layout import Layout, sample_layout
 from vla_gym.envs.tabletop.objects import add_object_pool
@@ -126,6 +131,9 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
         self.renderers = EnvRenderers(self.model, self.image_size, self.render_size,
                                        self.render_quality)
         self._project = CameraProjection(self.model, self.observation_camera)
+        # Where the target is in every other camera's image too (``wrist_target_pixel``).
+        self._view_projections = view_projections(self.model, {
+            CAMERA_KEYS[c]: c for c in self.cameras if c != "main" and self.obs_mode == "rgb"})
         self.episode: Episode | None = None
         self._last_obs: dict[str, Any] | None = None
 
@@ -287,6 +295,8 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
             "destination": episode.destination.name if episode.destination else "",
             "physics_diverged": terms is None,
         }
+        for key, project in self._view_projections:
+            info[key] = project(self.data, target_pos)
         if episode.destination is not None:
             info["destination_pos"] = self.sim.object_pos(episode.destination.slot)
         if episode.goal_xy is not None:
