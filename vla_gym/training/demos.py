@@ -161,9 +161,11 @@ class Demos:
 
         from vla_gym.experts import make_expert
 
-        if noise < 0 or not 0.0 <= noisy_fraction <= 1.0 or grounding_scenes < 0:
-            raise ValueError(f"noise and grounding_scenes must be >= 0 and noisy_fraction in "
-                             f"[0, 1], got {noise}, {grounding_scenes}, {noisy_fraction}")
+        if noise < 0 or not 0.0 <= noisy_fraction <= 1.0:
+            raise ValueError(f"noise must be >= 0 and noisy_fraction in [0, 1], got {noise}, "
+                             f"{noisy_fraction}")
+        if grounding_scenes < 0:
+            raise ValueError(f"grounding_scenes must be >= 0, got {grounding_scenes}")
         env = gym.make(env_id, **env_kwargs)
         expert = make_expert(env)
         rng = np.random.default_rng(seed)
