@@ -139,6 +139,23 @@ def test_short_rlhf_loop_runs_end_to_end(tiny_bc, tmp_path):
     assert result.exit_code == 0, result.output
 
 
+def test_a_wrist_camera_bc_policy_gets_its_cameras_in_every_env_of_the_loop(tmp_path):
+    from rlhf_helpers import tiny_policy_config
+
+    rng = np.random.default_rng(0)
+    policy = VLAPolicy(tiny_policy_config(views=("image", "wrist_image")))
+    policy.set_normalization(actions=rng.normal(0.1, 0.3, (64, 7)),
+                             states=rng.normal(0.5, 2.0, (64, 20)))
+    bc = policy.save_pretrained(tmp_path / "bc")
+    # queries, RL and evaluation all open the wrist camera the policy reads
+    metrics = run_rlhf(tiny_loop_config(labels=12, iterations=1, rl_steps=64), bc,
+                       tmp_path / "run")
+    assert metrics["env_kwargs"]["cameras"] == ("main", "wrist")
+    assert metrics["final"]["labels"] == 12 and metrics["final"]["rl_steps"] >= 64
+    exported = VLAPolicy.from_pretrained(tmp_path / "run" / "policy")
+    assert exported.config.views == ("image", "wrist_image")
+
+
 def test_train_rlhf_cli_runs_the_loop_and_writes_json(tiny_bc, tmp_path, monkeypatch):
     """The command's options reach the loop; the loop itself is shrunk to test size."""
     import vla_gym.training.rlhf as rlhf

@@ -212,15 +212,24 @@ class RLHFConfig:
 
 
 # -- the RL env -------------------------------------------------------------------------------
+def _policy_env_kwargs(config: RLHFConfig, policy: Any) -> dict[str, Any]:
+    """The policy's image size and the cameras of every view it reads, unless given."""
+    from vla_gym.rollout import policy_env_kwargs
+
+    return {"image_size": policy.config.vision.image_size, **policy_env_kwargs(policy),
+            **config.env_kwargs}
+
+
 def rl_env_kwargs(config: RLHFConfig, policy: Any) -> dict[str, Any]:
-    """Env settings for rollouts and RL: the policy's image size unless given, no early end."""
-    kwargs = {"image_size": policy.config.vision.image_size, **config.env_kwargs}
+    """Env settings for rollouts and RL: what the policy reads (``_policy_env_kwargs``), no
+    early end."""
+    kwargs = _policy_env_kwargs(config, policy)
     kwargs["terminate_on_success"] = False
     return kwargs
 
 
 def eval_env_kwargs(config: RLHFConfig, policy: Any) -> dict[str, Any]:
-    kwargs = {"image_size": policy.config.vision.image_size, **config.env_kwargs}
+    kwargs = _policy_env_kwargs(config, policy)
     kwargs.pop("terminate_on_success", None)
     return kwargs
 
