@@ -90,8 +90,13 @@ def test_bc_anchor_penalises_only_leaving_the_bc_action(tiny_bc):
 
 
 @pytest.mark.parametrize("algo", ["ppo", "sac"])
-def test_rl_actor_starts_as_the_bc_policy_and_exports_back(tiny_bc, algo):
+def test_rl_actor_starts_as_the_bc_policy_and_exports_back(tiny_bc, algo, tmp_path):
     policy = VLAPolicy.from_pretrained(tiny_bc).eval()
+    if algo == "ppo":  # as BC trains it: the state MLP reads a subset (no velocities)
+        reads = VLAPolicy(policy.config.replace(state_indices=(0, 1, 2, 12, 13, 14, 15)))
+        reads.set_normalization(actions=np.random.default_rng(0).normal(0.1, 0.3, (64, 7)),
+                                states=np.random.default_rng(1).normal(0.5, 2.0, (64, 20)))
+        policy = VLAPolicy.from_pretrained(reads.save_pretrained(tmp_path / "subset")).eval()
     venv = make_rl_env(PICK, ENV_KWARGS, policy, None, 0.0, n_envs=2, seed=0)
     model = build_model(policy, venv, RLConfig(algo=algo, n_steps=16, batch_size=16))
     boxed = venv.reset()

@@ -95,6 +95,9 @@ def load_trunk(extractor: VLAFeaturesExtractor, policy: Any) -> None:
         return
     first = cast(nn.Linear, extractor.trunk.state[0])
     mean, std = policy.normalizer.state_mean, policy.normalizer.state_std
+    index = cast(torch.Tensor, policy.trunk.state_index)
+    if len(index):  # the MLP reads only these entries (e.g. no velocities)
+        mean, std = mean[index.to(mean.device)], std[index.to(std.device)]
     weight = first.weight / std  # W (s - m) / s_d + b = (W / s_d) s + (b - (W / s_d) m)
     first.weight.copy_(weight)
     first.bias.sub_(weight @ mean)
