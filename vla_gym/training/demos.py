@@ -176,8 +176,7 @@ class Demos:
                         for j in range(episodes)]
             frames = [frame for j in range(episodes) if other_targets
                       for frame in _other_target_frames(env, seed + j)]
-            frames += [frame for j in range(grounding_scenes) for frame in _approach_frames(
-                env, expert, GROUNDING_SEEDS + seed + j, noise, rng)]
+            frames += _grounding_scene_frames(env, expert, grounding_scenes, seed, noise, rng)
         finally:
             env.close()
         demos = cls.from_episodes(env_id, env_kwargs, contract, recorded)
@@ -197,9 +196,8 @@ class Demos:
             raise ValueError(f"scenes must be >= 1, got {scenes}")
         env = gym.make(self.env_id, **self.env_kwargs)
         try:
-            expert, rng = make_expert(env), np.random.default_rng(seed)
-            frames = [frame for j in range(scenes) for frame in _approach_frames(
-                env, expert, GROUNDING_SEEDS + seed + j, noise, rng)]
+            frames = _grounding_scene_frames(env, make_expert(env), scenes, seed, noise,
+                                             np.random.default_rng(seed))
         finally:
             env.close()
         added = Demos.from_episodes(self.env_id, self.env_kwargs, self.contract, frames)
@@ -282,6 +280,13 @@ def _other_target_frames(env: Any, seed: int) -> list[dict[str, Any]]:
     """Seed ``seed``'s first frame once per other eligible target."""
     return [_grounding_frame(env, obs, info)
             for obs, info in _instructed_resets(env, seed, others_only=True)]
+
+
+def _grounding_scene_frames(env: Any, expert: Any, scenes: int, seed: int, noise: float,
+                            rng: np.random.Generator) -> list[dict[str, Any]]:
+    """``_approach_frames`` of ``scenes`` scenes, seeds ``GROUNDING_SEEDS + seed`` on."""
+    return [frame for j in range(scenes)
+            for frame in _approach_frames(env, expert, GROUNDING_SEEDS + seed + j, noise, rng)]
 
 
 def _approach_frames(env: Any, expert: Any, seed: int, noise: float,
