@@ -253,3 +253,23 @@ def test_render_top_view_and_high_quality():
     assert frame.shape == (64, 64, 3) and frame.std() > 5
     assert obs["image"].shape == (32, 32, 3)
     env.close()
+
+
+def test_parked_pool_bodies_are_not_drawn():
+    from vla_gym.envs.rendering import HIDDEN_GEOM_GROUP
+
+    env = gym.make("vla_gym/NavGoTo-v0", image_size=32)
+    env.reset(seed=0)
+    sim = env.unwrapped.sim
+    used = ({f"wall{i}" for i in range(len(sim.world.walls))}
+            | {f"furniture{i}" for i in range(len(sim.world.furniture))}
+            | {obj.slot for obj in sim.world.landmarks})
+    parked = set(sim.mocap) - used
+    assert used and parked
+    for name, geoms in sim.body_geoms.items():
+        groups = env.unwrapped.model.geom_group[geoms]
+        if name in used:
+            assert (groups == sim.compiled_groups[geoms]).all()
+        else:
+            assert (groups == HIDDEN_GEOM_GROUP).all()
+    env.close()

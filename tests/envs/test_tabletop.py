@@ -217,3 +217,46 @@ def test_held_out_combos_only_in_test_split():
         target = test.unwrapped.episode.target
         held_in_test += (target.colour, target.shape) in HELD_OUT_COMBOS
     assert held_in_test >= 20
+
+
+def test_parked_objects_are_not_drawn_and_come_back_when_used():
+    from vla_gym.envs.rendering import HIDDEN_GEOM_GROUP
+
+    env = gym.make("vla_gym/TabletopMultiTask-v0", image_size=32)
+    base = env.unwrapped
+    groups_seen = {}
+    for seed in range(12):
+        env.reset(seed=seed)
+        shown = {obj.slot for obj in base.sim.layout.objects}
+        for name, slot in base.sim.slots.items():
+            groups = base.model.geom_group[slot.geom_ids]
+            if name in shown:
+                assert (groups == base.sim.compiled.group[slot.geom_ids]).all()
+                assert (groups < 3).all()  # drawn by MuJoCo's default visual options
+            else:
+                assert (groups == HIDDEN_GEOM_GROUP).all()
+            groups_seen.setdefault(name, set()).add(name in shown)
+    # Over these seeds some slot is both parked and used: hiding is undone, not one-way.
+    assert any(seen == {True, False} for seen in groups_seen.values())
+    env.close()
+
+
+def test_fast_frames_skip_haze_and_use_an_image_sized_buffer():
+    import mujoco
+
+    env = gym.make("vla_gym/TabletopPick-v0", image_size=48, render_mode="rgb_array",
+                   render_size=80)
+    env.reset(seed=0)
+    assert env.render().shape == (80, 80, 3)
+    base = env.unwrapped
+    obs_renderer = base.renderers.obs_renderer()._renderer
+    assert not obs_renderer.scene.flags[mujoco.mjtRndFlag.mjRND_HAZE]
+    # Each renderer's buffer is its own size; the model keeps its own settings for others.
+    assert obs_renderer._mjr_context.offWidth == 48
+    assert base.model.vis.global_.offwidth == 640
+    env.close()
+    high = gym.make("vla_gym/TabletopPick-v0", image_size=32, render_quality="high")
+    high.reset(seed=0)
+    assert high.unwrapped.renderers.obs_renderer()._renderer.scene.flags[
+        mujoco.mjtRndFlag.mjRND_HAZE]
+    high.close()

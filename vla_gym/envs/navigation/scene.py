@@ -19,6 +19,7 @@ import numpy as np
 from vla_gym.envs.language import COLOURS
 from vla_gym.envs.navigation.language import LANDMARK_SHAPES, Landmark
 from vla_gym.envs.navigation.world import Box, World
+from vla_gym.envs.rendering import set_geoms_drawn
 from vla_gym.envs.robots.diff_drive import DiffDriveBase
 
 WALL_POOL = 12
@@ -111,6 +112,9 @@ class NavSim:
     colour_geoms: dict[str, list[int]]  # landmark slot -> geoms that take its colour
     robot_geom_mask: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     world: World | None = None
+    # Each pooled body's geoms, and every geom's group as compiled (parked bodies are not drawn).
+    body_geoms: dict[str, np.ndarray] = field(default_factory=dict)
+    compiled_groups: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
 
     @classmethod
     def bind(cls, model: mujoco.MjModel, data: mujoco.MjData, robot: DiffDriveBase) -> NavSim:
@@ -125,7 +129,10 @@ class NavSim:
                                                                       "_leg3", "_footprint"))]
         mask = np.zeros(model.ngeom, bool)
         mask[list(robot.geom_ids)] = True
-        return cls(model, data, robot, mocap, colour_geoms, mask)
+        body_geoms = {name: np.flatnonzero(model.geom_bodyid == model.body(name).id)
+                      for name in mocap}
+        return cls(model, data, robot, mocap, colour_geoms, mask, None, body_geoms,
+                   model.geom_group.copy())
 
     def apply_world(self, world: World) -> None:
         """Move pooled bodies into place for ``world``; park the rest. Call before mj_forward."""
@@ -141,6 +148,10 @@ class NavSim:
 
     def _park(self, name: str) -> None:
         self.data.mocap_pos[self.mocap[name]] = (0.0, 0.0, PARKED_Z)
+        self._draw(name, False)
+
+    def _draw(self, name: str, drawn: bool) -> None:
+        set_geoms_drawn(self.model, self.body_geoms[name], drawn, self.compiled_groups)
 
     def _place_box(self, name: str, box: Box) -> None:
         geom = self.model.geom(name).id
@@ -150,11 +161,13 @@ class NavSim:
         self.model.geom_rbound[geom] = float(np.linalg.norm(half))
         self.model.geom_aabb[geom] = (0.0, 0.0, 0.0, *half)
         self.data.mocap_pos[self.mocap[name]] = (box.cx, box.cy, box.height / 2)
+        self._draw(name, True)
 
     def _place_landmark(self, obj: Landmark) -> None:
         for geom in self.colour_geoms[obj.slot]:
             self.model.geom_rgba[geom] = COLOURS[obj.colour]
         self.data.mocap_pos[self.mocap[obj.slot]] = (obj.xy[0], obj.xy[1], 0.0)
+        self._draw(obj.slot, True)
         # Chairs face the room centre a little differently each time; yaw from the position.
         yaw = math.atan2(-obj.xy[1], -obj.xy[0])
         self.data.mocap_quat[self.mocap[obj.slot]] = (math.cos(yaw / 2), 0, 0, math.sin(yaw / 2))

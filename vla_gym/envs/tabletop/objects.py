@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import mujoco
 import numpy as np
 
+from vla_gym.envs.rendering import set_geoms_drawn
+
 # How many slots of each shape a scene can hold (stacking needs two cubes).
 POOL: dict[str, int] = {"cube": 3, "ball": 2, "can": 2, "plate": 1, "bowl": 1}
 
@@ -122,6 +124,20 @@ def add_object_pool(spec: mujoco.MjSpec, floor_z: float) -> list[str]:
     return names
 
 
+@dataclass(frozen=True)
+class CompiledGeoms:
+    """Per-geom fields as compiled, for putting a parked slot back as it was built."""
+
+    contype: np.ndarray
+    conaffinity: np.ndarray
+    group: np.ndarray
+
+    @classmethod
+    def of(cls, model: mujoco.MjModel) -> CompiledGeoms:
+        return cls(model.geom_contype.copy(), model.geom_conaffinity.copy(),
+                   model.geom_group.copy())
+
+
 @dataclass
 class ObjectSlot:
     """Ids of one pool slot in the compiled model."""
@@ -151,11 +167,13 @@ class ObjectSlot:
         data.qpos[self.qpos_adr : self.qpos_adr + 7] = pose
         data.qvel[self.qvel_adr : self.qvel_adr + 6] = 0.0
 
-    def set_active(self, model: mujoco.MjModel, active: bool, contype: np.ndarray,
-                   conaffinity: np.ndarray) -> None:
-        """Parked slots neither collide nor fall: no contacts to solve, no physics cost."""
-        model.geom_contype[self.geom_ids] = contype if active else 0
-        model.geom_conaffinity[self.geom_ids] = conaffinity if active else 0
+    def set_active(self, model: mujoco.MjModel, active: bool, compiled: CompiledGeoms) -> None:
+        """Parked slots neither collide nor fall nor get drawn: no contacts to solve, no
+        physics or rendering cost. ``compiled`` restores an active slot's geoms."""
+        model.geom_contype[self.geom_ids] = compiled.contype[self.geom_ids] if active else 0
+        model.geom_conaffinity[self.geom_ids] = (compiled.conaffinity[self.geom_ids] if active
+                                                 else 0)
+        set_geoms_drawn(model, self.geom_ids, active, compiled.group)
         model.body_gravcomp[self.body_id] = 0.0 if active else 1.0
 
     def set_rgba(self, model: mujoco.MjModel, rgba) -> None:

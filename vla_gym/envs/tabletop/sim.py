@@ -16,7 +16,13 @@ from vla_gym.envs.base import geoms_touch_body
 from vla_gym.envs.language import COLOURS
 from vla_gym.envs.robots.arm import ArmRobot
 from vla_gym.envs.tabletop.layout import Layout, PlacedObject
-from vla_gym.envs.tabletop.objects import SHAPE_INFO, ObjectSlot, parking_pose, slot_names
+from vla_gym.envs.tabletop.objects import (
+    SHAPE_INFO,
+    CompiledGeoms,
+    ObjectSlot,
+    parking_pose,
+    slot_names,
+)
 
 
 def _floor_height(model: mujoco.MjModel) -> float:
@@ -34,9 +40,8 @@ class TabletopSim:
     slots: dict[str, ObjectSlot]
     floor_z: float
     layout: Layout | None = None
-    # Collision bits as compiled, restored when a parked slot comes back on the table.
-    contype: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
-    conaffinity: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    # Geom fields as compiled, restored when a parked slot comes back on the table.
+    compiled: CompiledGeoms | None = None
     robot_geom_mask: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
 
     @classmethod
@@ -46,15 +51,15 @@ class TabletopSim:
         robot_mask = np.zeros(model.ngeom, bool)
         robot_mask[list(robot.arm_geom_ids)] = True
         return cls(model, data, robot, slots, _floor_height(model), None,
-                   model.geom_contype.copy(), model.geom_conaffinity.copy(), robot_mask)
+                   CompiledGeoms.of(model), robot_mask)
 
     def apply_layout(self, layout: Layout) -> None:
         """Show the layout's objects on the table and park every other slot."""
         shown = {obj.slot: obj for obj in layout.objects}
         for index, (name, slot) in enumerate(self.slots.items()):
             obj = shown.get(name)
-            slot.set_active(self.model, obj is not None, self.contype[slot.geom_ids],
-                            self.conaffinity[slot.geom_ids])
+            assert self.compiled is not None
+            slot.set_active(self.model, obj is not None, self.compiled)
             if obj is None:
                 slot.set_pose(self.data, parking_pose(index, slot.shape, self.floor_z))
                 continue
