@@ -50,7 +50,8 @@ def run_one(env_id: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     env_kwargs = env_kwargs_for(env_id, args)
     demos = Demos.from_expert(env_id, args.demos, seed=0, noise=args.noise,
                               other_targets=args.other_targets,
-                              grounding_scenes=args.grounding_scenes, **env_kwargs)
+                              grounding_scenes=args.grounding_scenes,
+                              grasp_misses=args.grasp_misses, **env_kwargs)
     collect_s = time.perf_counter() - started
     changes: dict[str, Any] = {}
     if args.language == "minilm":
@@ -70,7 +71,7 @@ def run_one(env_id: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "train_steps": result.steps, "preset": config.preset, "language": args.language,
         "torch_threads": torch.get_num_threads(), "env_kwargs": env_kwargs,
         "dart_noise": args.noise, "shift": args.shift, "policy_changes": changes,
-        "grounding_scenes": args.grounding_scenes,
+        "grounding_scenes": args.grounding_scenes, "grasp_misses": args.grasp_misses,
         "other_target_frames": len(
             demos.grounding_frames) if demos.grounding_frames is not None else 0,
     }
@@ -110,6 +111,9 @@ def main() -> None:
                         help="further scenes seen only by the grounding losses (frames along "
                         "the expert's approach to each object; no actions)")
     parser.add_argument("--head-dropout", type=float, default=0.0)
+    parser.add_argument("--grasp-misses", type=float, default=0.0,
+                        help="fraction of demos whose first grasp is knocked off target, so "
+                             "they show the expert grasping again (tabletop)")
     parser.add_argument("--target-xy-to-head", action=argparse.BooleanOptionalAction,
                         default=False, help="each view's target-map position goes straight "
                         "to the final MLP (fusion.target_xy_to_head)")

@@ -43,6 +43,35 @@ def test_expert_tolerates_two_steps_of_command_latency(family):
     assert _success_rate(f"vla_gym/Tabletop{family}-v0", range(520, 526), latency=2) == 1.0
 
 
+@pytest.mark.parametrize("family", ["Pick", "Place"])
+def test_expert_grasps_again_after_a_missed_grasp(family):
+    """Dragged off the object as it starts to close, the expert backs off and grasps again."""
+    env = gym.make(f"vla_gym/Tabletop{family}-v0", obs_mode="state")
+    expert = make_expert(env)
+    wins = 0
+    for seed in range(3):
+        obs, info = env.reset(seed=seed)
+        dragged = False
+        done = False
+        while not done:
+            action = expert.act(obs)
+            if action[6] > 0 and not dragged:  # the first close: pull the open gripper away
+                dragged = True
+                for _ in range(4):
+                    obs, *_ = env.step(np.array([0.6, 0.6, 0.4, 0, 0, 0, -1], np.float32))
+                slot = env.unwrapped.episode.target.slot
+                assert not env.unwrapped.sim.is_grasping(slot)
+                backing_off = expert.act(obs)
+                assert backing_off[6] < 0 and backing_off[2] > 0  # open, rise
+                continue
+            obs, _, terminated, truncated, info = env.step(action)
+            done = terminated or truncated
+        assert dragged
+        wins += bool(info["is_success"])
+    assert wins == 3
+    env.close()
+
+
 def test_expert_beats_random_by_far():
     env = gym.make("vla_gym/TabletopPick-v0", obs_mode="state")
     env.reset(seed=0)

@@ -227,6 +227,35 @@ def test_dart_noise_perturbs_execution_but_labels_stay_the_experts():
         Demos.from_expert(PICK, 1, noise=-1.0)
 
 
+def test_knocked_grasps_show_the_expert_backing_off_and_grasping_again():
+    from vla_gym.training.demos import KNOCK_DISTANCE
+
+    clean = Demos.from_expert(PICK, 3, seed=0, image_size=32)
+    knocked = Demos.from_expert(PICK, 3, seed=0, image_size=32, grasp_misses=1.0)
+    for episode in range(3):
+        rows = np.flatnonzero(knocked.episode == episode)
+        ee = knocked.states[rows, 13:16]
+        grip = knocked.actions[rows, 6]
+        # The knocked steps are missing from the recording: a jump of a few cm, the biggest.
+        jumps = np.linalg.norm(np.diff(ee, axis=0), axis=1)
+        gap = int(np.argmax(jumps))
+        assert jumps[gap] > 0.6 * KNOCK_DISTANCE[0]
+        # Before it the expert was about to close; after it, off target, it opens and backs
+        # off upwards, then closes again later (the second grasp).
+        assert (grip[:gap + 1] < 0).all()
+        after = knocked.actions[rows[gap + 1]]
+        assert after[6] < 0 and after[2] > 0
+        assert (grip[gap + 1:] > 0).any()
+        assert len(rows) > np.sum(clean.episode == episode)
+    assert knocked.num_episodes == 3
+    none = Demos.from_expert(PICK, 2, seed=0, image_size=32, grasp_misses=0.0)
+    np.testing.assert_array_equal(none.actions, clean.actions[clean.episode < 2])
+    with pytest.raises(ValueError, match="grasp_misses must be a fraction"):
+        Demos.from_expert(PICK, 1, grasp_misses=1.5)
+    with pytest.raises(ValueError, match="'grip' dimension"):
+        Demos.from_expert("vla_gym/NavGoTo-v0", 1, image_size=32, grasp_misses=1.0)
+
+
 def test_bc_policies_do_not_read_velocities_unless_asked(pick_demos, tmp_path):
     """Velocities are left out of the policy's state by default (the copycat shortcut)."""
     from vla_gym.types import ARM_STATE_FIELDS

@@ -2,8 +2,9 @@
 
 It reads privileged state (object poses, the episode's target and destination) from the env it
 is bound to and follows waypoints with a proportional controller. Pick, place and stack are
-fixed waypoint sequences re-aimed at the objects' current positions every step; push is a
-closed loop that re-approaches whenever the object drifts off the line to its goal.
+fixed waypoint sequences re-aimed at the objects' current positions every step, which start
+over (backing off with the gripper opening) when the object is not in hand where it should be;
+push is a closed loop that re-approaches whenever the object drifts off the line to its goal.
 """
 
 from __future__ import annotations
@@ -40,6 +41,13 @@ PUSH_SPEED = 0.6  # fraction of the maximum translation per step while in contac
 # the loop stays stable when the command reaches the robot one or two steps late, as it does over
 # ROS: at 1.0 a single step of latency makes the gripper hunt around the grasp point forever.
 GAIN = 0.4
+# A grasp starts over (the gripper backs off BACK_OFF upwards while opening, then approaches
+# again) when the grasp point is more than GRASP_SLACK from the gripper while it closes, or when
+# the object has been out of hand MISSED_GRASP_STEPS steps in a row where it should be held (a
+# few, not one: a held object can lose contact with one pad for a step while it settles).
+GRASP_SLACK = 0.015  # m
+MISSED_GRASP_STEPS = 3
+BACK_OFF = 0.05  # m
 
 
 @dataclass
@@ -51,6 +59,10 @@ class Waypoint:
     tol: float = 0.008
     hold: int = 0
     yaw: Callable[[], float] | None = None
+    # Must hold on this waypoint, or the grasp starts over once it has failed ``patience``
+    # steps in a row.
+    keep: Callable[[], bool] | None = None
+    patience: int = 1
 
 
 def _wrap(angle: float) -> float:
@@ -66,6 +78,7 @@ class TabletopExpert:
         self._episode: Episode | None = None
         self._plan: list[Waypoint] = []
         self._held = 0
+        self._missed = 0
         self._push_state = "approach"
 
     def reset(self) -> None:
@@ -83,10 +96,24 @@ class TabletopExpert:
 
     # -- plans ---------------------------------------------------------------------------------
     def _start(self, episode: Episode) -> None:
-        self._episode, self._held, self._push_state = episode, 0, "approach"
+        self._episode, self._push_state = episode, "approach"
+        self._plan = self._grasp_and_go(episode)
+
+    def _grasp_and_go(self, episode: Episode) -> list[Waypoint]:
+        """The family's plan from the approach on (a fresh grasp yaw: a missed grasp may have
+        turned the object)."""
+        self._held = self._missed = 0
         self._grasp_yaw = self._choose_grasp_yaw(episode.target.slot, episode.target.shape)
         builders = {"pick": self._pick_plan, "place": self._place_plan, "stack": self._place_plan}
-        self._plan = builders[episode.family](episode) if episode.family in builders else []
+        return builders[episode.family](episode) if episode.family in builders else []
+
+    def _regrasp_plan(self, episode: Episode) -> list[Waypoint]:
+        """After a missed grasp: rise ``BACK_OFF`` opening the gripper, then the plan again."""
+        back_off = self.sim.ee_pos() + [0.0, 0.0, BACK_OFF]
+        plan = self._grasp_and_go(episode)
+        yaw = self._grasp_yaw
+        return [Waypoint(lambda: back_off, OPEN, tol=0.01, hold=OPEN_STEPS,
+                         yaw=lambda: yaw), *plan]
 
     def _choose_grasp_yaw(self, slot: str, shape: str) -> float:
         current = self.sim.robot.ee_yaw(self.sim.data)
@@ -108,11 +135,18 @@ class TabletopExpert:
         grasp = lambda: self._grasp_point(slot, shape)  # noqa: E731
         yaw = lambda: self._grasp_yaw  # noqa: E731
         self._lift_from = None
+        aligned = lambda: bool(np.linalg.norm(grasp() - self.sim.ee_pos()) < GRASP_SLACK)  # noqa: E731
         return [
             Waypoint(lambda: self._funnel(grasp()), OPEN, tol=0.006, yaw=yaw),
-            Waypoint(lambda: self.sim.ee_pos(), CLOSE, tol=1.0, hold=CLOSE_STEPS, yaw=yaw),
-            Waypoint(lambda: self._fixed_xy_at(CARRY_Z), CLOSE, tol=0.01, yaw=yaw),
+            Waypoint(lambda: self.sim.ee_pos(), CLOSE, tol=1.0, hold=CLOSE_STEPS, yaw=yaw,
+                     keep=aligned),
+            Waypoint(lambda: self._fixed_xy_at(CARRY_Z), CLOSE, tol=0.01, yaw=yaw,
+                     keep=self._in_hand, patience=MISSED_GRASP_STEPS),
         ]
+
+    def _in_hand(self) -> bool:
+        assert self._episode is not None
+        return self.sim.is_grasping(self._episode.target.slot)
 
     def _funnel(self, grasp: np.ndarray) -> np.ndarray:
         """Where to head for now: above ``grasp`` by FUNNEL_SLOPE x the horizontal error."""
@@ -133,8 +167,10 @@ class TabletopExpert:
         yaw = self._place_yaw(target.shape, dst)
         plan = self._pick_plan(episode)
         return plan + [
-            Waypoint(over, CLOSE, tol=0.01, yaw=yaw),
-            Waypoint(down, CLOSE, tol=0.006, yaw=yaw),
+            Waypoint(over, CLOSE, tol=0.01, yaw=yaw, keep=self._in_hand,
+                     patience=MISSED_GRASP_STEPS),
+            Waypoint(down, CLOSE, tol=0.006, yaw=yaw, keep=self._in_hand,
+                     patience=MISSED_GRASP_STEPS),
             Waypoint(lambda: self.sim.ee_pos(), OPEN, tol=1.0, hold=OPEN_STEPS, yaw=yaw),
             Waypoint(lambda: self.sim.ee_pos() + [0, 0, 0.08], OPEN, tol=0.01),
             Waypoint(lambda: self.sim.ee_pos(), OPEN, tol=1.0, hold=10_000),
@@ -163,6 +199,9 @@ class TabletopExpert:
 
     # -- waypoint following --------------------------------------------------------------------
     def _follow_plan(self) -> np.ndarray:
+        if self._grasp_missed():
+            assert self._episode is not None
+            self._plan = self._regrasp_plan(self._episode)
         while True:
             waypoint = self._plan[0]
             target = waypoint.target()
@@ -175,6 +214,16 @@ class TabletopExpert:
                 self._held = 0
                 continue
             return self._command(error, waypoint.grip, waypoint.yaw)
+
+    def _grasp_missed(self) -> bool:
+        """Whether the current waypoint's ``keep`` has failed ``patience`` steps in a row (the
+        gripper closing beside the object, or the object slipping out of hand)."""
+        waypoint = self._plan[0] if self._plan else None
+        if waypoint is None or waypoint.keep is None or waypoint.keep():
+            self._missed = 0
+            return False
+        self._missed += 1
+        return self._missed >= waypoint.patience
 
     def _command(
         self,

@@ -33,6 +33,14 @@ POSITION_LABELS = ("target_pos", *PIXEL_LABELS)
 GROUNDING_SEEDS = 50_000
 APPROACH_EVERY = 6  # steps between the grounding frames kept along an approach
 APPROACH_STEPS = 30  # steps of each approach (about where a pick's grasp begins)
+# A knocked grasp (``from_expert(grasp_misses=...)``): when the expert first closes the
+# gripper, the executed action instead carries the open gripper KNOCK_DISTANCE off the grasp
+# point over KNOCK_STEPS steps (level to steeply rising, any heading), where a cloned policy's
+# misses put it; these steps are not recorded (their labels would be the expert's "close").
+# The demos go on from the missed spot: the expert backing off and grasping again.
+KNOCK_STEPS = 4
+KNOCK_DISTANCE = (0.03, 0.05)  # m
+KNOCK_MAX_RISE = np.pi / 3  # rad above level
 # Image keys besides the main camera's that demos keep when the env emits them.
 EXTRA_VIEWS = tuple(view for view in CAMERA_OF_VIEW if view != IMAGE)
 
@@ -145,7 +153,8 @@ class Demos:
     @classmethod
     def from_expert(cls, env_id: str, episodes: int, seed: int = 0, noise: float = 0.0,
                     noisy_fraction: float = 0.75, other_targets: bool = False,
-                    grounding_scenes: int = 0, **env_kwargs: Any) -> Demos:
+                    grounding_scenes: int = 0, grasp_misses: float = 0.0,
+                    **env_kwargs: Any) -> Demos:
         """Record ``episodes`` expert episodes in memory (episode j from seed + j).
 
         ``noise`` > 0: that fraction of the episodes is executed with Gaussian action noise of
@@ -156,7 +165,10 @@ class Demos:
         ``grounding_scenes``: that many further scenes (seeds ``GROUNDING_SEEDS + seed + j``),
         seen only by the grounding losses: for each object the task could name, frames every
         ``APPROACH_EVERY`` steps of the expert's (noisy) approach to it, instructed to it. They
-        are perception data, not demonstrations: their actions are NaN and never cloned."""
+        are perception data, not demonstrations: their actions are NaN and never cloned.
+        ``grasp_misses``: the fraction of episodes whose first grasp is knocked off target
+        (see ``KNOCK_STEPS``), so the demos show recovering from a missed grasp; only action
+        contracts with a ``grip`` dimension have grasps to knock."""
         import gymnasium as gym
 
         from vla_gym.experts import make_expert
@@ -166,14 +178,19 @@ class Demos:
                              f"{noisy_fraction}")
         if grounding_scenes < 0:
             raise ValueError(f"grounding_scenes must be >= 0, got {grounding_scenes}")
+        if not 0.0 <= grasp_misses <= 1.0:
+            raise ValueError(f"grasp_misses must be a fraction in [0, 1], got {grasp_misses}")
         env = gym.make(env_id, **env_kwargs)
         expert = make_expert(env)
         rng = np.random.default_rng(seed)
         noisy = rng.random(episodes) < noisy_fraction
+        # Drawn only when asked for, so demos without knocks stay as they were recorded before.
+        knocked = (rng.random(episodes) < grasp_misses if grasp_misses > 0
+                   else np.zeros(episodes, bool))
         contract = env.unwrapped.action_contract
         try:
-            recorded = [_record(env, expert, seed + j, noise if noisy[j] else 0.0, rng)
-                        for j in range(episodes)]
+            recorded = [_record(env, expert, seed + j, noise if noisy[j] else 0.0, rng,
+                                knock=bool(knocked[j])) for j in range(episodes)]
             frames = [frame for j in range(episodes) if other_targets
                       for frame in _other_target_frames(env, seed + j)]
             frames += _grounding_scene_frames(env, expert, grounding_scenes, seed, noise, rng)
@@ -321,28 +338,66 @@ def _with_noise(action: np.ndarray, contract: ActionContract, noise: float,
     return np.clip(executed, contract.low, contract.high)
 
 
+class _GraspKnock:
+    """Replaces the executed action for ``KNOCK_STEPS`` steps from the first step the expert
+    starts closing the gripper (its grip going from open to closed): the gripper stays open
+    and moves off the grasp point. ``__call__`` returns the action to execute, or None while
+    the expert's action is followed."""
+
+    def __init__(self, contract: ActionContract, rng: np.random.Generator) -> None:
+        if "grip" not in contract.dims:
+            raise ValueError(f"grasp misses need an action with a 'grip' dimension; "
+                             f"{contract.name!r} has {contract.dims}")
+        self.grip = contract.dims.index("grip")
+        azimuth, rise = rng.uniform(0, 2 * np.pi), rng.uniform(0, KNOCK_MAX_RISE)
+        direction = np.array([np.cos(azimuth) * np.cos(rise), np.sin(azimuth) * np.cos(rise),
+                              np.sin(rise)])
+        per_step = rng.uniform(*KNOCK_DISTANCE) / KNOCK_STEPS / np.asarray(contract.scale[:3])
+        self.push = direction * per_step
+        self.left = KNOCK_STEPS
+        self.started = False
+        self.last_grip: float | None = None
+
+    def __call__(self, expert_action: np.ndarray) -> np.ndarray | None:
+        grip = float(expert_action[self.grip])
+        if not self.started and self.last_grip is not None and self.last_grip < 0 < grip:
+            self.started = True
+        self.last_grip = grip
+        if not self.started or self.left == 0:
+            return None
+        self.left -= 1
+        knocked = np.zeros_like(expert_action, dtype=np.float32)
+        knocked[:3] = np.clip(self.push, -1.0, 1.0)
+        knocked[self.grip] = -1.0  # open
+        return knocked
+
+
 def _record(env: Any, expert: Any, seed: int, noise: float = 0.0,
-            rng: np.random.Generator | None = None) -> dict[str, Any]:
+            rng: np.random.Generator | None = None, knock: bool = False) -> dict[str, Any]:
     """One expert episode. With ``noise`` > 0 the env executes the expert's action plus
     Gaussian noise on the motion dimensions (DART) while the recorded label stays the clean
-    action: the demos then show how to recover from drift like a learned policy's."""
+    action: the demos then show how to recover from drift like a learned policy's. ``knock``:
+    the first grasp is also knocked off target (``_GraspKnock``; needs ``rng``)."""
     obs, info = env.reset(seed=seed)
     expert.reset()
+    contract = env.unwrapped.action_contract
+    knocker = _GraspKnock(contract, rng) if knock and rng is not None else None
     views = [key for key in (IMAGE, *EXTRA_VIEWS) if key in obs]
     labels = [key for key in POSITION_LABELS if key in info]
     steps: dict[str, list] = {**{key: [] for key in views}, STATE: [], "action": [],
                               **{key: [] for key in labels}}
-    contract = env.unwrapped.action_contract
     done = False
     while not done:
         action = expert.act(obs)
-        for key in (*views, STATE):
-            steps[key].append(obs[key])
-        steps["action"].append(action)
-        for key in labels:
-            steps[key].append(info[key])
-        obs, _, terminated, truncated, info = env.step(
-            _with_noise(action, contract, noise, rng))
+        knocked = knocker(action) if knocker is not None else None
+        if knocked is None:
+            for key in (*views, STATE):
+                steps[key].append(obs[key])
+            steps["action"].append(action)
+            for key in labels:
+                steps[key].append(info[key])
+        executed = _with_noise(action, contract, noise, rng) if knocked is None else knocked
+        obs, _, terminated, truncated, info = env.step(executed)
         done = terminated or truncated
     return {**{k: np.asarray(v) for k, v in steps.items()}, INSTRUCTION: obs[INSTRUCTION],
             "target": info["target"], "success": bool(info["is_success"])}
