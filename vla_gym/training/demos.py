@@ -39,7 +39,7 @@ APPROACH_STEPS = 30  # steps of each approach (about where a pick's grasp begins
 # misses put it; these steps are not recorded (their labels would be the expert's "close").
 # The demos go on from the missed spot: the expert backing off and grasping again.
 KNOCK_STEPS = 4
-KNOCK_DISTANCE = (0.03, 0.05)  # m
+KNOCK_DISTANCE = (0.03, 0.04)  # m; at most 1 cm a step, the action range's limit
 KNOCK_MAX_RISE = np.pi / 3  # rad above level
 # Image keys besides the main camera's that demos keep when the env emits them.
 EXTRA_VIEWS = tuple(view for view in CAMERA_OF_VIEW if view != IMAGE)
