@@ -167,11 +167,15 @@ def test_async_mode_is_hybrid_for_two_or_more_envs():
     assert vec.observation_space == batch_space(vec.single_observation_space, 2)
     assert vec.action_space.shape == (2, 7) and vec.spec.kwargs["vectorization_mode"] == "async"
     vec.close()
-    for num_envs, vector_kwargs in ((1, {}), (2, {"local_envs": 0})):  # plain workers
+    for num_envs, vector_kwargs in ((1, {}), (2, {"local_envs": 0}),
+                                    (2, {"shared_memory": False})):  # plain workers
         vec = vla_gym.make_vec(PICK, num_envs=num_envs, vectorization_mode="async",
                                vector_kwargs=vector_kwargs, **SMALL)
         assert type(vec) is LeanAsyncVectorEnv
         vec.close()
+    with pytest.raises(ValueError, match="shared memory"):
+        vla_gym.make_vec(PICK, num_envs=2, vectorization_mode="async",
+                         vector_kwargs={"local_envs": 1, "shared_memory": False}, **SMALL)
     for bad in (2, -1):
         with pytest.raises(ValueError, match="local_envs"):
             vla_gym.make_vec(PICK, num_envs=2, vectorization_mode="async",
@@ -278,3 +282,54 @@ def test_hybrid_close_terminate_after_worker_saw_ctrl_c():
     assert not worker.is_alive()
     vec.close(terminate=True)
     assert vec.closed
+
+
+@pytest.mark.parametrize("space", [
+    gym.spaces.Box(-1, 1, (7,), np.float32),
+    gym.spaces.Box(0, 255, (2, 3), np.uint8),
+    gym.spaces.MultiDiscrete([3, 4]),
+    gym.spaces.Discrete(5),  # no fixed-shape array: pickled
+])
+def test_step_messages_round_trip_actions_and_results(space):
+    from vla_gym.vector import (
+        decode_step,
+        decode_step_result,
+        encode_step,
+        encode_step_result,
+        step_message_header,
+    )
+
+    space.seed(0)
+    header = step_message_header(space)
+    assert (header is None) == isinstance(space, gym.spaces.Discrete)
+    dtype = None if header is None else np.dtype(space.dtype)
+    action = space.sample()
+    message = encode_step(header, action, dtype)
+    assert message[:1] == b"S"  # never the start of a pickle stream (b"\x80")
+    decoded = decode_step(message)
+    assert np.asarray(decoded).dtype == np.asarray(action).dtype
+    assert np.array_equal(decoded, action) and np.shape(decoded) == np.shape(action)
+    if isinstance(decoded, np.ndarray):
+        decoded[...] = 0  # the worker's copy, not a view of the message
+        assert decode_step(message).tolist() == np.asarray(action).tolist()
+
+    info = {"task": "pick", "target_pos": np.arange(3.0), "is_success": False}
+    reward, terminated, truncated, back = decode_step_result(
+        encode_step_result(((None, 0.25, True, False, info), True)))
+    assert (reward, terminated, truncated) == (0.25, True, False)
+    assert_same(back, info)
+    assert decode_step_result(encode_step_result((None, False))) is None
+
+
+def test_hybrid_raises_an_error_from_a_worker_env_alone():
+    """Only the worker's env gets a bad action: its error reaches the parent, as
+    ``AsyncVectorEnv`` raises it, and the worker is shut down."""
+    vec = _hybrid(num_envs=2)
+    vec.reset(seed=0)
+    actions = np.zeros((2, 7), np.float32)
+    actions[1] = np.inf
+    with pytest.raises(ValueError, match="finite"):
+        vec.step(actions)
+    assert vec._remote.parent_pipes[0] is None
+    vec.close(terminate=True)
+    assert vec.closed and not any(p.is_alive() for p in vec._remote.processes)
