@@ -10,7 +10,9 @@ Ratios, not absolute numbers, are the figures to compare across machines:
                  plain AsyncVectorEnv, both envs in workers (vector_kwargs local_envs=0)
   2 procs / one  two independent single-env processes at once: what the machine allows
 
-Each measurement runs in its own process pinned to one core (where the OS allows) so the
+The headline env/raw and async/one ratios come from ``measure_interleaved``: the three take
+turns in short blocks within one process, and each block is paired with its neighbours.
+Every other measurement runs in its own process pinned to one core (where the OS allows) so the
 single-env numbers are one-core numbers; rounds alternate between contenders to spread noise,
 and ratios are also given per round (paired), which is steadier on a noisy machine.
 The env steps with zero actions so that its physics (an arm holding still among objects, the
@@ -132,6 +134,55 @@ def measure_vector(env_id: str, mode: str, num_envs: int, steps: int,
     return rate
 
 
+def measure_interleaved(env_id: str, blocks: int, block_steps: int) -> dict[str, list[float]]:
+    """One env, the raw loop and a 2-env async vector env in one process, taking turns in
+    blocks of ``block_steps`` steps: each block's rate is paired with its neighbours' taken
+    a fraction of a second apart, so the machine's drift (often +-25% over seconds here)
+    cancels out of the ratios. The env and raw blocks run pinned to one core; the vector
+    env (its worker spawned while unpinned) uses both."""
+    import gymnasium as gym
+    import mujoco
+    import numpy as np
+
+    import vla_gym
+
+    all_cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    env = gym.make(env_id, image_size=IMAGE)
+    env.reset(seed=0)
+    action = np.zeros(env.action_space.shape, np.float32)
+    raw_env = gym.make(env_id, image_size=IMAGE)  # its compiled model, stepped bare
+    raw_env.reset(seed=0)
+    base = raw_env.unwrapped
+    renderer = base.renderers.obs_renderer()
+    vec = vla_gym.make_vec(env_id, num_envs=2, vectorization_mode="async", image_size=IMAGE)
+    vec.reset(seed=0)
+    actions = np.zeros(vec.action_space.shape, np.float32)
+
+    def env_step():
+        _, _, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            env.reset()
+
+    def raw_step():
+        mujoco.mj_step(base.model, base.data, nstep=base.frame_skip)
+        renderer.render(base.data, base.observation_camera)
+
+    contenders = {"env": (env_step, 1, True), "raw": (raw_step, 1, True),
+                  "async2": (lambda: vec.step(actions), 2, False)}
+    rates: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(blocks):
+        for name, (step, envs, pinned) in contenders.items():
+            if pinned:
+                _pin_one_core()
+            elif all_cores is not None:
+                os.sched_setaffinity(0, all_cores)
+            rates[name].append(_time_loop(step, block_steps) * envs)
+    vec.close()
+    env.close()
+    raw_env.close()
+    return rates
+
+
 def _child(queue, fn, args) -> None:
     queue.put(fn(*args))
 
@@ -169,12 +220,23 @@ def measure_all(env_id: str, args: argparse.Namespace) -> dict:
             measure_vector, env_id, "async", 2, args.steps // 2, {"local_envs": 0}))
         samples["two_processes"].append(sum(
             _in_processes(2, measure_env, env_id, args.steps, False)))
+    blocks = _in_process(measure_interleaved, env_id, args.blocks, args.block_steps)
     med = {k: statistics.median(v) for k, v in samples.items()}
 
     def paired(a: str, b: str) -> float:
         return statistics.median(x / y for x, y in zip(samples[a], samples[b]))
 
+    def paired_blocks(a: str, b: str) -> float:
+        return statistics.median(x / y for x, y in zip(blocks[a], blocks[b]))
+
     return {
+        # the steadiest figures: neighbouring blocks in one process (measure_interleaved)
+        "interleaved_blocks": {
+            "paired_ratio_env_over_raw": paired_blocks("env", "raw"),
+            "paired_ratio_async2_over_one_env": paired_blocks("async2", "env"),
+            "steps_per_second_median": {k: statistics.median(v) for k, v in blocks.items()},
+            "samples": blocks,
+        },
         "steps_per_second_median": med,
         "samples": samples,
         "ratio_env_over_raw": med["env"] / med["raw"],
@@ -198,6 +260,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--pusher-steps", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--blocks", type=int, default=15,
+                        help="interleaved blocks of each contender in one process")
+    parser.add_argument("--block-steps", type=int, default=200)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
