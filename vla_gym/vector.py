@@ -136,7 +136,7 @@ class _RemotePart(_RecordInfoMixin, gym.vector.AsyncVectorEnv):
         self._raw_infos = []
         super().__init__(*args, **kwargs)
 
-    def send_steps(self, actions: Any, header: bytes | None, dtype: np.dtype | None) -> None:
+    def send_steps(self, actions: Any) -> None:
         """``step_async`` in the hybrid's step messages (see ``encode_step``)."""
         self._assert_is_running()
         if self._state != AsyncState.DEFAULT:
@@ -145,7 +145,7 @@ class _RemotePart(_RecordInfoMixin, gym.vector.AsyncVectorEnv):
                 f"`{self._state.value}` to complete.", str(self._state.value))
         for pipe, action in zip(self.parent_pipes, iterate(self.action_space, actions),
                                 strict=True):
-            pipe.send_bytes(encode_step(header, action, dtype))
+            pipe.send_bytes(encode_step(action))
         self._state = AsyncState.WAITING_STEP
 
     def receive_steps(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -207,27 +207,20 @@ def _spin_until_readable(pipes: Sequence[Any], spin_s: float) -> bool:
 # ((obs, reward, terminated, truncated, info), success): pickling a 7-float action array
 # alone costs ~11 us against ~3 for its raw bytes, and both ends run right after a render,
 # when such Python runs 2-3x slower. A pickle stream starts with b"\x80", never with these.
-_STEP = b"S"      # + action header (dtype str, ndim, shape) + the action's raw bytes
+_STEP = b"S"  # + the action's dtype str, ndim and shape, then its raw bytes
 _STEP_OK = b"\x01"  # + _STEP_RESULT (reward, terminated, truncated) + pickled info
 _STEP_FAILED = b"\x00"  # the error is on the error queue, as gymnasium's worker leaves it
 _STEP_RESULT = struct.Struct("<d??")
 
 
-def step_message_header(action_space: spaces.Space) -> bytes | None:
-    """What precedes an action's raw bytes in a step message; None when actions of
-    ``action_space`` are not fixed-shape arrays (they then go pickled, after ``_STEP``+0)."""
-    if not isinstance(action_space, (spaces.Box, spaces.MultiDiscrete, spaces.MultiBinary)):
-        return None
-    dtype = np.dtype(action_space.dtype)
-    shape = action_space.shape
-    return (_STEP + dtype.str.encode("ascii").ljust(4) + bytes([len(shape)])
-            + struct.pack(f"<{len(shape)}I", *shape))
-
-
-def encode_step(header: bytes | None, action: Any, dtype: np.dtype | None) -> bytes:
-    if header is None:
-        return _STEP + b"\0" + pickle.dumps(action, protocol=pickle.HIGHEST_PROTOCOL)
-    return header + np.ascontiguousarray(action, dtype=dtype).tobytes()
+def encode_step(action: Any) -> bytes:
+    """A step message: a numeric array as its dtype, shape and raw bytes (exactly the array
+    the worker's env gets, dtype included), anything else pickled after ``_STEP`` + 0."""
+    if isinstance(action, np.ndarray) and action.dtype.kind in "biuf" and action.ndim < 256:
+        header = (_STEP + action.dtype.str.encode("ascii").ljust(4) + bytes([action.ndim])
+                  + struct.pack(f"<{action.ndim}I", *action.shape))
+        return header + np.ascontiguousarray(action).tobytes()
+    return _STEP + b"\0" + pickle.dumps(action, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def decode_step(message: bytes) -> Any:
@@ -354,9 +347,6 @@ class HybridVectorEnv(LeanInfoMixin, gym.vector.VectorEnv):
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self._parts_obs: list[Any] = [self._local._observations, self._remote.observations]
-        self._step_header = step_message_header(self.single_action_space)
-        self._action_dtype = (None if self._step_header is None
-                              else np.dtype(self.single_action_space.dtype))
 
     # -- reset / step ---------------------------------------------------------------------
 
@@ -400,7 +390,7 @@ class HybridVectorEnv(LeanInfoMixin, gym.vector.VectorEnv):
         self._assert_is_running()
         local_actions, remote_actions = _split(self.action_space, actions, self.local_envs,
                                                self.num_envs)
-        self._remote.send_steps(remote_actions, self._step_header, self._action_dtype)
+        self._remote.send_steps(remote_actions)
         try:
             local = self._local.step(local_actions)
         except BaseException as exc:

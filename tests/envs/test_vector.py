@@ -284,34 +284,26 @@ def test_hybrid_close_terminate_after_worker_saw_ctrl_c():
     assert vec.closed
 
 
-@pytest.mark.parametrize("space", [
-    gym.spaces.Box(-1, 1, (7,), np.float32),
-    gym.spaces.Box(0, 255, (2, 3), np.uint8),
-    gym.spaces.MultiDiscrete([3, 4]),
-    gym.spaces.Discrete(5),  # no fixed-shape array: pickled
+@pytest.mark.parametrize("action", [
+    np.linspace(-1, 1, 7, dtype=np.float32),
+    np.linspace(-1, 1, 7) / 3,  # float64 for a float32 space: the worker gets it unrounded
+    np.arange(6, dtype=np.uint8).reshape(2, 3),
+    np.arange(12.0).reshape(3, 4)[:, 1],  # not contiguous
+    np.array([2, 0, 3]),  # MultiDiscrete's int64
+    np.int64(4),  # Discrete: no array, pickled
 ])
-def test_step_messages_round_trip_actions_and_results(space):
-    from vla_gym.vector import (
-        decode_step,
-        decode_step_result,
-        encode_step,
-        encode_step_result,
-        step_message_header,
-    )
+def test_step_messages_round_trip_actions_and_results(action):
+    from vla_gym.vector import decode_step, decode_step_result, encode_step, encode_step_result
 
-    space.seed(0)
-    header = step_message_header(space)
-    assert (header is None) == isinstance(space, gym.spaces.Discrete)
-    dtype = None if header is None else np.dtype(space.dtype)
-    action = space.sample()
-    message = encode_step(header, action, dtype)
+    message = encode_step(action)
     assert message[:1] == b"S"  # never the start of a pickle stream (b"\x80")
     decoded = decode_step(message)
-    assert np.asarray(decoded).dtype == np.asarray(action).dtype
-    assert np.array_equal(decoded, action) and np.shape(decoded) == np.shape(action)
+    assert type(decoded) is type(action) and np.asarray(decoded).dtype == action.dtype
+    assert np.shape(decoded) == np.shape(action)
+    assert np.asarray(decoded).tobytes() == np.asarray(action).tobytes()  # bit-exact
     if isinstance(decoded, np.ndarray):
         decoded[...] = 0  # the worker's copy, not a view of the message
-        assert decode_step(message).tolist() == np.asarray(action).tolist()
+        assert decode_step(message).tobytes() == np.ascontiguousarray(action).tobytes()
 
     info = {"task": "pick", "target_pos": np.arange(3.0), "is_success": False}
     reward, terminated, truncated, back = decode_step_result(
@@ -333,3 +325,15 @@ def test_hybrid_raises_an_error_from_a_worker_env_alone():
     assert vec._remote.parent_pipes[0] is None
     vec.close(terminate=True)
     assert vec.closed and not any(p.is_alive() for p in vec._remote.processes)
+
+
+def test_hybrid_passes_float64_actions_unrounded():
+    """The worker's env gets the caller's float64 actions as they are, like the parent's."""
+    def run(vec):
+        rng = np.random.default_rng(2)
+        out = [vec.reset(seed=5)]
+        out += [vec.step(rng.uniform(-1, 1, (2, 7)) / 3) for _ in range(20)]
+        vec.close()
+        return out
+
+    assert_same(run(_hybrid(PICK, num_envs=2)), run(vla_gym.make_vec(PICK, num_envs=2, **SMALL)))
