@@ -51,14 +51,13 @@ def _time_loop(step, steps: int) -> float:
     return steps / (time.perf_counter() - start)
 
 
-def measure_env(env_id: str, steps: int, pin: bool = True) -> float:
+def _env_stepper(env_id: str):
+    """(step function, env): the env stepped with zero actions, reset at episode ends."""
     import gymnasium as gym
     import numpy as np
 
     import vla_gym  # noqa: F401
 
-    if pin:
-        _pin_one_core()
     env = gym.make(env_id, image_size=IMAGE)
     env.reset(seed=0)
     action = np.zeros(env.action_space.shape, np.float32)
@@ -68,6 +67,35 @@ def measure_env(env_id: str, steps: int, pin: bool = True) -> float:
         if terminated or truncated:
             env.reset()
 
+    return step, env
+
+
+def _raw_stepper(env_id: str):
+    """(step function, env): the env's compiled model stepped and rendered with no env around
+    it, by the env's own renderer (one GL context, the same settings)."""
+    import gymnasium as gym
+    import mujoco
+
+    import vla_gym  # noqa: F401
+
+    env = gym.make(env_id, image_size=IMAGE)
+    env.reset(seed=0)
+    base = env.unwrapped
+    model, data, frame_skip = base.model, base.data, base.frame_skip
+    renderer = base.renderers.obs_renderer()
+    camera = base.observation_camera
+
+    def step():
+        mujoco.mj_step(model, data, nstep=frame_skip)
+        renderer.render(data, camera)
+
+    return step, env
+
+
+def measure_env(env_id: str, steps: int, pin: bool = True) -> float:
+    if pin:
+        _pin_one_core()
+    step, env = _env_stepper(env_id)
     rate = _time_loop(step, steps)
     env.close()
     return rate
@@ -75,25 +103,8 @@ def measure_env(env_id: str, steps: int, pin: bool = True) -> float:
 
 def measure_raw(env_id: str, steps: int) -> float:
     """The same compiled model stepped and rendered with no env around it."""
-    import gymnasium as gym
-    import mujoco
-
-    import vla_gym  # noqa: F401
-    from vla_gym.envs.rendering import CameraRenderer
-
     _pin_one_core()
-    env = gym.make(env_id, image_size=IMAGE)
-    env.reset(seed=0)
-    base = env.unwrapped
-    model, data, frame_skip = base.model, base.data, base.frame_skip
-    # The env's own renderer (one GL context, the same settings): only the env is taken away.
-    renderer: CameraRenderer = base.renderers.obs_renderer()
-    camera = base.observation_camera
-
-    def step():
-        mujoco.mj_step(model, data, nstep=frame_skip)
-        renderer.render(data, camera)
-
+    step, env = _raw_stepper(env_id)
     rate = _time_loop(step, steps)
     env.close()
     return rate
@@ -140,32 +151,16 @@ def measure_interleaved(env_id: str, blocks: int, block_steps: int) -> dict[str,
     a fraction of a second apart, so the machine's drift (often +-25% over seconds here)
     cancels out of the ratios. The env and raw blocks run pinned to one core; the vector
     env (its worker spawned while unpinned) uses both."""
-    import gymnasium as gym
-    import mujoco
     import numpy as np
 
     import vla_gym
 
     all_cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    env = gym.make(env_id, image_size=IMAGE)
-    env.reset(seed=0)
-    action = np.zeros(env.action_space.shape, np.float32)
-    raw_env = gym.make(env_id, image_size=IMAGE)  # its compiled model, stepped bare
-    raw_env.reset(seed=0)
-    base = raw_env.unwrapped
-    renderer = base.renderers.obs_renderer()
+    env_step, env = _env_stepper(env_id)
+    raw_step, raw_env = _raw_stepper(env_id)
     vec = vla_gym.make_vec(env_id, num_envs=2, vectorization_mode="async", image_size=IMAGE)
     vec.reset(seed=0)
     actions = np.zeros(vec.action_space.shape, np.float32)
-
-    def env_step():
-        _, _, terminated, truncated, _ = env.step(action)
-        if terminated or truncated:
-            env.reset()
-
-    def raw_step():
-        mujoco.mj_step(base.model, base.data, nstep=base.frame_skip)
-        renderer.render(base.data, base.observation_camera)
 
     contenders = {"env": (env_step, 1, True), "raw": (raw_step, 1, True),
                   "async2": (lambda: vec.step(actions), 2, False)}
