@@ -346,7 +346,8 @@ class HybridVectorEnv(LeanInfoMixin, gym.vector.VectorEnv):
         self.single_action_space = self._local.single_action_space
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
-        self._parts_obs: list[Any] = [self._local._observations, self._remote.observations]
+        # The workers' rows are always self._remote.observations (shared memory, copy=False).
+        self._local_obs: Any = self._local._observations
 
     # -- reset / step ---------------------------------------------------------------------
 
@@ -373,8 +374,8 @@ class HybridVectorEnv(LeanInfoMixin, gym.vector.VectorEnv):
             self._remote.reset_async(seed=list(seed[k:]), options=part_options[1])
         try:
             if todo[0]:
-                self._parts_obs[0] = self._local.reset(seed=list(seed[:k]),
-                                                       options=part_options[0])[0]
+                self._local_obs = self._local.reset(seed=list(seed[:k]),
+                                                   options=part_options[0])[0]
         except BaseException as exc:
             if todo[1]:
                 self._abandon_remote(self._remote.reset_wait, exc)
@@ -382,7 +383,7 @@ class HybridVectorEnv(LeanInfoMixin, gym.vector.VectorEnv):
         obs, infos = self._local_half()
         if todo[1]:
             self._remote.results_ready(self.spin_s)
-            self._parts_obs[1] = self._remote.reset_wait()[0]
+            self._remote.reset_wait()
         return self._remote_half(obs, infos), infos
 
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray,
@@ -396,7 +397,7 @@ class HybridVectorEnv(LeanInfoMixin, gym.vector.VectorEnv):
         except BaseException as exc:
             self._abandon_remote(self._remote.receive_steps, exc)
             raise
-        self._parts_obs[0] = local[0]
+        self._local_obs = local[0]
         obs, infos = self._local_half()  # while the workers finish
         self._remote.results_ready(self.spin_s)
         remote = self._remote.receive_steps()
@@ -430,7 +431,7 @@ class HybridVectorEnv(LeanInfoMixin, gym.vector.VectorEnv):
 
     def _local_half(self) -> tuple[Any, dict[str, Any]]:
         """The batch's local rows: observations (in arrays for all envs) and infos."""
-        obs = _start_join(self.single_observation_space, self._parts_obs[0], self.num_envs,
+        obs = _start_join(self.single_observation_space, self._local_obs, self.num_envs,
                           self.copy)
         infos: dict[str, Any] = {}
         for i, info in self._local.take_infos():
@@ -441,7 +442,7 @@ class HybridVectorEnv(LeanInfoMixin, gym.vector.VectorEnv):
         """The workers' rows added to ``_local_half``'s (``infos`` in place)."""
         for i, info in self._remote.take_infos():
             self._add_info(infos, info, self.local_envs + i)
-        return _end_join(self.single_observation_space, obs, self._parts_obs[1],
+        return _end_join(self.single_observation_space, obs, self._remote.observations,
                          self.local_envs, self.copy)
 
     # -- sub-env access --------------------------------------------------------------------
