@@ -51,13 +51,15 @@ def run_one(env_id: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     demos = Demos.from_expert(env_id, args.demos, seed=0, noise=args.noise,
                               other_targets=args.other_targets,
                               grounding_scenes=args.grounding_scenes,
-                              grasp_misses=args.grasp_misses, **env_kwargs)
+                              grasp_misses=args.grasp_misses,
+                              grip_blips=args.grip_blips if "/Tabletop" in env_id else 0.0,
+                              **env_kwargs)
     collect_s = time.perf_counter() - started
     changes: dict[str, Any] = {}
     if args.language == "minilm":
         changes["language"] = {"kind": "hf", "pretrained": MINILM}
     if args.target_xy_to_head:
-        changes["fusion"] = {"target_xy_to_head": True}
+        changes.setdefault("fusion", {})["target_xy_to_head"] = True
     if args.head_dropout:
         changes["head"] = {"dropout": args.head_dropout}
     config = BCConfig(preset=preset_for(env_id, args.preset), steps=args.max_steps,
@@ -72,6 +74,7 @@ def run_one(env_id: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(), "env_kwargs": env_kwargs,
         "dart_noise": args.noise, "shift": args.shift, "policy_changes": changes,
         "grounding_scenes": args.grounding_scenes, "grasp_misses": args.grasp_misses,
+        "grip_blips": args.grip_blips if "/Tabletop" in env_id else 0.0,
         "other_target_frames": len(
             demos.grounding_frames) if demos.grounding_frames is not None else 0,
     }
@@ -114,6 +117,9 @@ def main() -> None:
     parser.add_argument("--grasp-misses", type=float, default=0.0,
                         help="fraction of demos whose first grasp is knocked off target, so "
                              "they show the expert grasping again (tabletop)")
+    parser.add_argument("--grip-blips", type=float, default=0.0,
+                        help="tabletop ids: per-step chance, in the noisy demos, that the "
+                        "executed gripper closes for a few steps while the expert's is open")
     parser.add_argument("--target-xy-to-head", action=argparse.BooleanOptionalAction,
                         default=False, help="each view's target-map position goes straight "
                         "to the final MLP (fusion.target_xy_to_head)")

@@ -256,6 +256,36 @@ def test_knocked_grasps_show_the_expert_backing_off_and_grasping_again():
         Demos.from_expert("vla_gym/NavGoTo-v0", 1, image_size=32, grasp_misses=1.0)
 
 
+def _open_labels_on_a_closing_gripper(demos: Demos) -> int:
+    """Steps labelled "open" although the gripper is less than 70% of its widest opening."""
+    from vla_gym.types import ARM_STATE_FIELDS
+
+    opening = demos.states[:, ARM_STATE_FIELDS.index("gripper_opening")]
+    return int(np.sum((demos.actions[:, 6] < 0) & (opening < 0.7 * opening.max())))
+
+
+def test_gripper_blips_show_a_closing_gripper_labelled_open():
+    noisy = {"noise": 0.3, "noisy_fraction": 1.0, "image_size": 32}
+    plain = Demos.from_expert(PICK, 2, seed=0, **noisy)
+    blipped = Demos.from_expert(PICK, 2, seed=0, grip_blips=0.2, **noisy)
+    # Without blips an "open" label always finds the gripper open; with them the gripper was
+    # closed for a few steps at a time while the labels, the expert's, kept saying "open".
+    assert _open_labels_on_a_closing_gripper(plain) == 0
+    assert _open_labels_on_a_closing_gripper(blipped) >= 4
+    assert set(np.unique(blipped.actions[:, 6])) <= {-1.0, 1.0}
+    assert blipped.num_episodes == 2
+    # Blips come only with the noisy episodes.
+    clean = Demos.from_expert(PICK, 2, seed=0, image_size=32)
+    unblipped = Demos.from_expert(PICK, 2, seed=0, image_size=32, noisy_fraction=0.0,
+                                  grip_blips=1.0)
+    np.testing.assert_array_equal(unblipped.states, clean.states)
+    with pytest.raises(ValueError, match="grip_blips must be a per-step chance"):
+        Demos.from_expert(PICK, 1, grip_blips=-0.1)
+    with pytest.raises(ValueError, match="'grip' dimension"):
+        Demos.from_expert("vla_gym/NavGoTo-v0", 1, image_size=32, noise=0.1,
+                          noisy_fraction=1.0, grip_blips=0.5)
+
+
 def test_bc_policies_do_not_read_velocities_unless_asked(pick_demos, tmp_path):
     """Velocities are left out of the policy's state by default (the copycat shortcut)."""
     from vla_gym.types import ARM_STATE_FIELDS

@@ -41,6 +41,13 @@ APPROACH_STEPS = 30  # steps of each approach (about where a pick's grasp begins
 KNOCK_STEPS = 4
 KNOCK_DISTANCE = (0.03, 0.04)  # m; at most 1 cm a step, the action range's limit
 KNOCK_MAX_RISE = np.pi / 3  # rad above level
+# A gripper blip (``from_expert(grip_blips=...)``): while the expert holds the gripper open, the
+# executed action closes it for a few steps; the recorded labels stay the expert's "open". A
+# cloned policy reads the gripper opening in its state, and in clean demos a partly closed
+# gripper always comes with the label "close": one slightly-closing output then feeds on
+# itself and the policy grasps at air. Blips show a half-closed gripper away from the object
+# being opened again.
+BLIP_STEPS = (2, 7)  # executed-closed steps of one blip (upper bound excluded)
 # Image keys besides the main camera's that demos keep when the env emits them.
 EXTRA_VIEWS = tuple(view for view in CAMERA_OF_VIEW if view != IMAGE)
 
@@ -154,7 +161,7 @@ class Demos:
     def from_expert(cls, env_id: str, episodes: int, seed: int = 0, noise: float = 0.0,
                     noisy_fraction: float = 0.75, other_targets: bool = False,
                     grounding_scenes: int = 0, grasp_misses: float = 0.0,
-                    **env_kwargs: Any) -> Demos:
+                    grip_blips: float = 0.0, **env_kwargs: Any) -> Demos:
         """Record ``episodes`` expert episodes in memory (episode j from seed + j).
 
         ``noise`` > 0: that fraction of the episodes is executed with Gaussian action noise of
@@ -168,7 +175,9 @@ class Demos:
         are perception data, not demonstrations: their actions are NaN and never cloned.
         ``grasp_misses``: the fraction of episodes whose first grasp is knocked off target
         (see ``KNOCK_STEPS``), so the demos show recovering from a missed grasp; only action
-        contracts with a ``grip`` dimension have grasps to knock."""
+        contracts with a ``grip`` dimension have grasps to knock. ``grip_blips``: in the
+        episodes drawn noisy (``noisy_fraction``), the chance each step that a gripper blip
+        (see ``BLIP_STEPS``) starts while the expert holds the gripper open."""
         import gymnasium as gym
 
         from vla_gym.experts import make_expert
@@ -180,6 +189,8 @@ class Demos:
             raise ValueError(f"grounding_scenes must be >= 0, got {grounding_scenes}")
         if not 0.0 <= grasp_misses <= 1.0:
             raise ValueError(f"grasp_misses must be a fraction in [0, 1], got {grasp_misses}")
+        if not 0.0 <= grip_blips <= 1.0:
+            raise ValueError(f"grip_blips must be a per-step chance in [0, 1], got {grip_blips}")
         env = gym.make(env_id, **env_kwargs)
         expert = make_expert(env)
         rng = np.random.default_rng(seed)
@@ -190,7 +201,8 @@ class Demos:
         contract = env.unwrapped.action_contract
         try:
             recorded = [_record(env, expert, seed + j, noise if noisy[j] else 0.0, rng,
-                                knock=bool(knocked[j])) for j in range(episodes)]
+                                knock=bool(knocked[j]),
+                                blips=grip_blips if noisy[j] else 0.0) for j in range(episodes)]
             frames = [frame for j in range(episodes) if other_targets
                       for frame in _other_target_frames(env, seed + j)]
             frames += _grounding_scene_frames(env, expert, grounding_scenes, seed, noise, rng)
@@ -372,16 +384,46 @@ class _GraspKnock:
         return knocked
 
 
+class _GripBlips:
+    """Closes the executed gripper for ``BLIP_STEPS`` steps at a time, starting with chance
+    ``rate`` on each step where the expert holds it open (``grip`` < 0); a blip ends early
+    once the expert itself closes. ``__call__`` returns the action to execute."""
+
+    def __init__(self, contract: ActionContract, rate: float, rng: np.random.Generator) -> None:
+        if "grip" not in contract.dims:
+            raise ValueError(f"gripper blips need an action with a 'grip' dimension; "
+                             f"{contract.name!r} has {contract.dims}")
+        self.grip, self.rate, self.rng = contract.dims.index("grip"), rate, rng
+        self.left = 0
+
+    def __call__(self, expert_action: np.ndarray, executed: np.ndarray) -> np.ndarray:
+        if expert_action[self.grip] >= 0:  # the expert closes: nothing to perturb
+            self.left = 0
+            return executed
+        if self.left == 0 and self.rng.random() < self.rate:
+            self.left = int(self.rng.integers(*BLIP_STEPS))
+        if self.left == 0:
+            return executed
+        self.left -= 1
+        blipped = np.array(executed, dtype=np.float32, copy=True)
+        blipped[self.grip] = 1.0
+        return blipped
+
+
 def _record(env: Any, expert: Any, seed: int, noise: float = 0.0,
-            rng: np.random.Generator | None = None, knock: bool = False) -> dict[str, Any]:
+            rng: np.random.Generator | None = None, knock: bool = False,
+            blips: float = 0.0) -> dict[str, Any]:
     """One expert episode. With ``noise`` > 0 the env executes the expert's action plus
     Gaussian noise on the motion dimensions (DART) while the recorded label stays the clean
     action: the demos then show how to recover from drift like a learned policy's. ``knock``:
-    the first grasp is also knocked off target (``_GraspKnock``; needs ``rng``)."""
+    the first grasp is also knocked off target (``_GraspKnock``; needs ``rng``). ``blips`` > 0:
+    the executed gripper also closes now and then while the expert's is open (``_GripBlips``;
+    needs ``rng``)."""
     obs, info = env.reset(seed=seed)
     expert.reset()
     contract = env.unwrapped.action_contract
     knocker = _GraspKnock(contract, rng) if knock and rng is not None else None
+    blipper = _GripBlips(contract, blips, rng) if blips > 0 and rng is not None else None
     views = [key for key in (IMAGE, *EXTRA_VIEWS) if key in obs]
     labels = [key for key in POSITION_LABELS if key in info]
     steps: dict[str, list] = {**{key: [] for key in views}, STATE: [], "action": [],
@@ -397,6 +439,8 @@ def _record(env: Any, expert: Any, seed: int, noise: float = 0.0,
             for key in labels:
                 steps[key].append(info[key])
         executed = _with_noise(action, contract, noise, rng) if knocked is None else knocked
+        if blipper is not None and knocked is None:
+            executed = blipper(action, executed)
         obs, _, terminated, truncated, info = env.step(executed)
         done = terminated or truncated
     return {**{k: np.asarray(v) for k, v in steps.items()}, INSTRUCTION: obs[INSTRUCTION],
