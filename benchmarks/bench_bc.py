@@ -48,11 +48,12 @@ def env_kwargs_for(env_id: str, args: argparse.Namespace) -> dict[str, Any]:
 def run_one(env_id: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     started = time.perf_counter()
     env_kwargs = env_kwargs_for(env_id, args)
+    grip_blips = args.grip_blips if "/Tabletop" in env_id else 0.0  # only the arm has a gripper
     demos = Demos.from_expert(env_id, args.demos, seed=0, noise=args.noise,
                               other_targets=args.other_targets,
                               grounding_scenes=args.grounding_scenes,
                               grasp_misses=args.grasp_misses,
-                              grip_blips=args.grip_blips if "/Tabletop" in env_id else 0.0,
+                              grip_blips=grip_blips,
                               **env_kwargs)
     collect_s = time.perf_counter() - started
     changes: dict[str, Any] = {}
@@ -74,7 +75,7 @@ def run_one(env_id: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(), "env_kwargs": env_kwargs,
         "dart_noise": args.noise, "shift": args.shift, "policy_changes": changes,
         "grounding_scenes": args.grounding_scenes, "grasp_misses": args.grasp_misses,
-        "grip_blips": args.grip_blips if "/Tabletop" in env_id else 0.0,
+        "grip_blips": grip_blips,
         "other_target_frames": len(
             demos.grounding_frames) if demos.grounding_frames is not None else 0,
     }

@@ -51,6 +51,7 @@ class PrivilegedClone:
         optimiser = torch.optim.AdamW(self.net.parameters(), lr=1e-3, weight_decay=1e-4)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
         rng = np.random.default_rng(seed)
+        self.final_loss = float("nan")
         for _ in range(steps):
             rows = torch.as_tensor(rng.integers(0, len(xs), batch))
             loss = (self.net(xs[rows]) - ys[rows]).pow(2).mean()
@@ -58,7 +59,7 @@ class PrivilegedClone:
             loss.backward()
             optimiser.step()
             schedule.step()
-        self.final_loss = float(loss.item())
+            self.final_loss = float(loss.item())
 
     def inputs(self, states: np.ndarray, target_pos: np.ndarray) -> np.ndarray:
         states = np.asarray(states, dtype=np.float32)

@@ -350,6 +350,15 @@ def _with_noise(action: np.ndarray, contract: ActionContract, noise: float,
     return np.clip(executed, contract.low, contract.high)
 
 
+def _grip_index(contract: ActionContract, needed_by: str) -> int:
+    """Where ``contract``'s action holds the gripper command; ``needed_by`` names the caller
+    in the error for robots without one."""
+    if "grip" not in contract.dims:
+        raise ValueError(f"{needed_by} need an action with a 'grip' dimension; "
+                         f"{contract.name!r} has {contract.dims}")
+    return contract.dims.index("grip")
+
+
 class _GraspKnock:
     """Replaces the executed action for ``KNOCK_STEPS`` steps from the first step the expert
     starts closing the gripper (its grip going from open to closed): the gripper stays open
@@ -357,10 +366,7 @@ class _GraspKnock:
     the expert's action is followed."""
 
     def __init__(self, contract: ActionContract, rng: np.random.Generator) -> None:
-        if "grip" not in contract.dims:
-            raise ValueError(f"grasp misses need an action with a 'grip' dimension; "
-                             f"{contract.name!r} has {contract.dims}")
-        self.grip = contract.dims.index("grip")
+        self.grip = _grip_index(contract, "grasp misses")
         azimuth, rise = rng.uniform(0, 2 * np.pi), rng.uniform(0, KNOCK_MAX_RISE)
         direction = np.array([np.cos(azimuth) * np.cos(rise), np.sin(azimuth) * np.cos(rise),
                               np.sin(rise)])
@@ -390,10 +396,8 @@ class _GripBlips:
     once the expert itself closes. ``__call__`` returns the action to execute."""
 
     def __init__(self, contract: ActionContract, rate: float, rng: np.random.Generator) -> None:
-        if "grip" not in contract.dims:
-            raise ValueError(f"gripper blips need an action with a 'grip' dimension; "
-                             f"{contract.name!r} has {contract.dims}")
-        self.grip, self.rate, self.rng = contract.dims.index("grip"), rate, rng
+        self.grip = _grip_index(contract, "gripper blips")
+        self.rate, self.rng = rate, rng
         self.left = 0
 
     def __call__(self, expert_action: np.ndarray, executed: np.ndarray) -> np.ndarray:
