@@ -38,10 +38,13 @@ def preset_for(env_id: str, preset: str) -> str:
 
 
 def env_kwargs_for(env_id: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Demo env settings: image size, and the wrist camera on tabletop ids unless --no-wrist."""
+    """Demo env settings: image size, the wrist camera on tabletop ids unless --no-wrist, and
+    the overhead camera on navigation ids with --top."""
     kwargs: dict[str, Any] = {"image_size": args.image_size}
     if args.wrist and "/Tabletop" in env_id:
         kwargs["cameras"] = ("main", "wrist")
+    if args.top and "/Nav" in env_id:
+        kwargs["cameras"] = ("main", "top")
     return kwargs
 
 
@@ -106,6 +109,8 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64, help="demo and eval images")
     parser.add_argument("--wrist", action=argparse.BooleanOptionalAction, default=True,
                         help="tabletop ids: record and read the wrist camera too")
+    parser.add_argument("--top", action=argparse.BooleanOptionalAction, default=False,
+                        help="navigation ids: record and read the overhead camera too")
     parser.add_argument("--noise", type=float, default=0.3,
                         help="DART action noise on 3 in 4 demos (0 = clean demos)")
     parser.add_argument("--shift", type=int, default=4, help="random-shift augmentation (px)")
