@@ -51,12 +51,14 @@ def env_kwargs_for(env_id: str, args: argparse.Namespace) -> dict[str, Any]:
 def run_one(env_id: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     started = time.perf_counter()
     env_kwargs = env_kwargs_for(env_id, args)
-    grip_blips = args.grip_blips if "/Tabletop" in env_id else 0.0  # only the arm has a gripper
+    # Knocked grasps and gripper blips need a gripper: only the arm (tabletop ids) has one.
+    has_gripper = "/Tabletop" in env_id
+    grasp_misses = args.grasp_misses if has_gripper else 0.0
+    grip_blips = args.grip_blips if has_gripper else 0.0
     demos = Demos.from_expert(env_id, args.demos, seed=0, noise=args.noise,
                               other_targets=args.other_targets,
                               grounding_scenes=args.grounding_scenes,
-                              grasp_misses=args.grasp_misses,
-                              grip_blips=grip_blips,
+                              grasp_misses=grasp_misses, grip_blips=grip_blips,
                               **env_kwargs)
     collect_s = time.perf_counter() - started
     changes: dict[str, Any] = {}
@@ -77,7 +79,7 @@ def run_one(env_id: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "train_steps": result.steps, "preset": config.preset, "language": args.language,
         "torch_threads": torch.get_num_threads(), "env_kwargs": env_kwargs,
         "dart_noise": args.noise, "shift": args.shift, "policy_changes": changes,
-        "grounding_scenes": args.grounding_scenes, "grasp_misses": args.grasp_misses,
+        "grounding_scenes": args.grounding_scenes, "grasp_misses": grasp_misses,
         "grip_blips": grip_blips,
         "other_target_frames": len(
             demos.grounding_frames) if demos.grounding_frames is not None else 0,
