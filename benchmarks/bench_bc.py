@@ -11,6 +11,9 @@ paraphrase split (``--split test``) as a ratio to the in-distribution rate.
         --demos 200 --time-budget 900 --json runs/bench/bc.json
 
 ``--language minilm`` swaps the preset's text encoder for the pretrained MiniLM (frozen).
+``--dagger-episodes M`` adds M episodes driven by the policy in training and labelled by the
+expert (DAgger, ``BCConfig.dagger_episodes``); the expert-labelled episodes are then
+``--demos`` + M, which the report gives as ``expert_labelled_episodes``.
 """
 
 from __future__ import annotations
@@ -71,11 +74,15 @@ def run_one(env_id: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     config = BCConfig(preset=preset_for(env_id, args.preset), steps=args.max_steps,
                       batch_size=args.batch_size, grounding_weight=args.grounding,
                       eval_every=0, eval_episodes=10, time_budget_s=args.time_budget,
-                      policy_changes=changes, seed=args.seed, shift=args.shift)
+                      policy_changes=changes, seed=args.seed, shift=args.shift,
+                      dagger_episodes=args.dagger_episodes, dagger_rounds=args.dagger_rounds)
     result = train_bc(demos, out / env_id.split("/")[-1], config)
     figures: dict[str, Any] = {
         "env_id": env_id, "demos": demos.num_episodes, "transitions": len(demos),
         "collect_seconds": round(collect_s, 1), "train_seconds": round(result.train_seconds, 1),
+        "dagger_episodes": args.dagger_episodes, "dagger_rounds": args.dagger_rounds,
+        "dagger_seconds": round(result.dagger_seconds, 1),
+        "expert_labelled_episodes": demos.num_episodes + args.dagger_episodes,
         "train_steps": result.steps, "preset": config.preset, "language": args.language,
         "torch_threads": torch.get_num_threads(), "env_kwargs": env_kwargs,
         "dart_noise": args.noise, "shift": args.shift, "policy_changes": changes,
@@ -131,6 +138,10 @@ def main() -> None:
     parser.add_argument("--target-xy-to-head", action=argparse.BooleanOptionalAction,
                         default=False, help="each view's target-map position goes straight "
                         "to the final MLP (fusion.target_xy_to_head)")
+    parser.add_argument("--dagger-episodes", type=int, default=0,
+                        help="episodes driven by the policy in training, labelled by the expert "
+                        "(DAgger; their rollouts do not count against --time-budget)")
+    parser.add_argument("--dagger-rounds", type=int, default=1)
     parser.add_argument("--eval-episodes", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (2 cores)")
     parser.add_argument("--seed", type=int, default=0)
@@ -143,7 +154,8 @@ def main() -> None:
     for run in report["runs"]:
         train = run["train_split"]
         lo, hi = train["success_ci95"]
-        line = (f"{run['env_id']}: {run['demos']} demos, {run['train_steps']} steps in "
+        line = (f"{run['env_id']}: {run['demos']} demos + {run['dagger_episodes']} DAgger "
+                f"episodes, {run['train_steps']} steps in "
                 f"{run['train_seconds']:.0f} s -> success {train['success_rate']:.1%} "
                 f"({lo:.1%}-{hi:.1%}), counterfactual "
                 f"{train['counterfactual']['success_rate']:.1%}")

@@ -109,6 +109,12 @@ def train_bc_command(
         0, "--grounding-scenes", min=0,
         help="Further scenes for the grounding loss only: frames along the expert's approach "
              "to each object, no actions (needs --grounding > 0)."),
+    dagger_episodes: int = typer.Option(
+        0, "--dagger-episodes", min=0,
+        help="DAgger: episodes driven by the policy in training, every state labelled by the "
+             "scripted expert and added to the demos."),
+    dagger_rounds: int = typer.Option(1, "--dagger-rounds", min=1,
+                                      help="Rounds the DAgger episodes come in."),
     resume: bool = typer.Option(False, "--resume", help="Continue RUN's latest checkpoint."),
 ):
     """Behaviour cloning on recorded demos; evaluates in the env as it goes."""
@@ -118,7 +124,8 @@ def train_bc_command(
     config = BCConfig(preset=preset, steps=steps, batch_size=batch_size, lr=lr,
                       eval_every=eval_every, eval_episodes=eval_episodes,
                       grounding_weight=grounding, contrastive_weight=contrastive, seed=seed,
-                      time_budget_s=time_budget, state_velocities=state_velocities)
+                      time_budget_s=time_budget, state_velocities=state_velocities,
+                      dagger_episodes=dagger_episodes, dagger_rounds=dagger_rounds)
     if grounding_scenes and grounding <= 0:
         raise typer.BadParameter("--grounding-scenes feeds the grounding loss; set --grounding "
                                  "to a weight > 0 (e.g. 1.0)", param_hint="--grounding-scenes")

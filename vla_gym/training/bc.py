@@ -7,6 +7,11 @@ losses from the policy library. Every ``checkpoint_every`` steps it writes an at
 (``RUN/checkpoints/latest``, resumable), every ``eval_every`` steps it measures success in the
 env over seeded episodes, and it logs to TensorBoard (``RUN/tb``) and draws a learning curve
 (``RUN/learning_curve.png``). Ctrl-C writes the latest checkpoint before leaving.
+
+With ``dagger_episodes`` (DAgger), training pauses ``dagger_rounds`` times, evenly spread over
+it: the policy being trained drives that round's share of the episodes, the scripted expert
+labels every state it visits, and the labelled episodes join the demos (and ``RUN/dagger/``,
+so ``--resume`` has them). The pauses do not count against ``time_budget_s``.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import numpy as np
 from vla_gym.interrupts import StopRequest
 from vla_gym.training.augment import random_shift
 from vla_gym.training.checkpoints import latest_checkpoint, load_trainer_state, save_checkpoint
-from vla_gym.training.demos import Demos
+from vla_gym.training.demos import LEARNER_SEEDS, Demos, learner_episodes
 from vla_gym.types import pixel_label, state_indices_without_velocities
 
 
@@ -52,6 +57,10 @@ class BCConfig:
     # (the "copycat" shortcut) instead of reading the images; in closed loop it then stalls.
     state_velocities: bool = False
     policy_changes: dict[str, Any] = field(default_factory=dict)  # on top of the preset
+    # DAgger: episodes driven by the policy in training and labelled by the expert, added to
+    # the demos in ``dagger_rounds`` rounds at 1/(R+1), 2/(R+1), ... of training (0 = off).
+    dagger_episodes: int = 0
+    dagger_rounds: int = 1
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_episodes", "eval_num_envs",
@@ -62,6 +71,12 @@ class BCConfig:
             raise ValueError(f"BCConfig.lr must be > 0, got {self.lr}")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ValueError(f"BCConfig.time_budget_s must be > 0, got {self.time_budget_s}")
+        if self.dagger_episodes < 0 or self.dagger_rounds < 1:
+            raise ValueError(f"BCConfig.dagger_episodes must be >= 0 and dagger_rounds >= 1, "
+                             f"got {self.dagger_episodes}, {self.dagger_rounds}")
+        if 0 < self.dagger_episodes < self.dagger_rounds:
+            raise ValueError(f"BCConfig.dagger_episodes ({self.dagger_episodes}) must be at "
+                             f"least one per round ({self.dagger_rounds} rounds)")
 
 
 @dataclass
@@ -72,6 +87,7 @@ class BCResult:
     final_loss: float
     evaluations: list[dict[str, Any]] = field(default_factory=list)
     train_seconds: float = 0.0
+    dagger_seconds: float = 0.0  # spent on DAgger rollouts, not counted in train_seconds
 
 
 def build_policy(demos: Demos, config: BCConfig) -> Any:
@@ -123,8 +139,10 @@ class BCTrainer:
         torch.manual_seed(self.config.seed)
         self.rng = np.random.default_rng(self.config.seed)
         self.step = 0
-        self.history: dict[str, list] = {"step": [], "loss": [], "eval_step": [], "success": []}
+        self.history: dict[str, list] = {"step": [], "loss": [], "eval_step": [], "success": [],
+                                         "dagger_step": [], "dagger_success": []}
         self.evaluations: list[dict[str, Any]] = []
+        self.dagger_rounds_done, self.dagger_seconds = 0, 0.0
         checkpoint = latest_checkpoint(self.run_dir) if resume else None
         if resume and checkpoint is None:
             raise FileNotFoundError(f"--resume: no checkpoint under {self.run_dir}/checkpoints")
@@ -135,6 +153,8 @@ class BCTrainer:
         self.optimizer, self.scheduler = self._make_optimiser()
         if checkpoint:
             self._restore(load_trainer_state(checkpoint))
+            for round_ in range(1, self.dagger_rounds_done + 1):
+                self.demos = self.demos.with_episodes(Demos.load(self._dagger_file(round_)))
 
     # -- set-up ------------------------------------------------------------------------------
     @staticmethod
@@ -173,7 +193,9 @@ class BCTrainer:
         return {"step": self.step, "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "rng": self.rng.bit_generator.state,
                 "torch_rng": torch.get_rng_state(), "history": self.history,
-                "evaluations": self.evaluations, "config": asdict(self.config)}
+                "evaluations": self.evaluations, "config": asdict(self.config),
+                "dagger_rounds_done": self.dagger_rounds_done,
+                "dagger_seconds": self.dagger_seconds}
 
     def _restore(self, state: dict[str, Any]) -> None:
         import torch
@@ -184,6 +206,50 @@ class BCTrainer:
         self.rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
         self.history, self.evaluations = state["history"], state["evaluations"]
+        for key in ("dagger_step", "dagger_success"):  # absent from older checkpoints
+            self.history.setdefault(key, [])
+        self.dagger_rounds_done = int(state.get("dagger_rounds_done", 0))
+        self.dagger_seconds = float(state.get("dagger_seconds", 0.0))
+
+    # -- DAgger ------------------------------------------------------------------------------
+    def _dagger_file(self, round_: int) -> Path:
+        return self.run_dir / "dagger" / f"round_{round_}.npz"
+
+    def _dagger_due(self) -> bool:
+        cfg = self.config
+        if not cfg.dagger_episodes or self.dagger_rounds_done >= cfg.dagger_rounds:
+            return False
+        progress = max(self.step / cfg.steps, self._time_progress())
+        return progress >= (self.dagger_rounds_done + 1) / (cfg.dagger_rounds + 1)
+
+    def _round_episodes(self, round_: int) -> tuple[int, int]:
+        """(first seed, episodes) of DAgger round ``round_`` (from 1): the episodes split as
+        evenly as they go, later rounds taking the remainder."""
+        total, rounds = self.config.dagger_episodes, self.config.dagger_rounds
+        before = total * (round_ - 1) // rounds
+        return LEARNER_SEEDS + before, total * round_ // rounds - before
+
+    def dagger_round(self) -> dict[str, Any]:
+        """Roll the policy out, have the expert label what it saw, add that to the demos."""
+        began = time.perf_counter()
+        round_ = self.dagger_rounds_done + 1
+        seed, episodes = self._round_episodes(round_)
+        added, successes = learner_episodes(self.demos.env_id, self.policy, episodes, seed,
+                                            **self.demos.env_kwargs)
+        added.save(self._dagger_file(round_))
+        self.demos = self.demos.with_episodes(added)
+        self.dagger_rounds_done = round_
+        elapsed = time.perf_counter() - began
+        self.dagger_seconds += elapsed
+        if self._started is not None:
+            self._started += elapsed  # the time budget counts training only
+        record = {"round": round_, "step": self.step, "episodes": episodes,
+                  "transitions": len(added), "learner_success": float(np.mean(successes)),
+                  "seconds": elapsed}
+        self.history["dagger_step"].append(self.step)
+        self.history["dagger_success"].append(record["learner_success"])
+        self.checkpoint()  # the demos on disk and the trainer state agree from here
+        return record
 
     # -- training ----------------------------------------------------------------------------
     def sample_batch(self, demos: Demos | None = None, size: int | None = None
@@ -241,7 +307,7 @@ class BCTrainer:
     def run(self, progress: bool = False) -> BCResult:
         cfg = self.config
         writer = _summary_writer(self.run_dir / "tb")
-        started = self._started = time.perf_counter()
+        self._started = time.perf_counter()
         losses: list[float] = []
         try:
             with StopRequest() as stop, _progress(progress, cfg.steps, self.step) as advance:
@@ -249,8 +315,10 @@ class BCTrainer:
                     if stop.requested:
                         raise KeyboardInterrupt  # between steps: the state is whole
                     if cfg.time_budget_s is not None and (
-                            time.perf_counter() - started > cfg.time_budget_s):
+                            time.perf_counter() - self._started > cfg.time_budget_s):
                         break  # out of training time: evaluate and save what there is
+                    if self._dagger_due():
+                        self._log_dagger(writer, self.dagger_round())
                     metrics = self.train_step()
                     losses.append(metrics["loss"])
                     advance()
@@ -266,14 +334,14 @@ class BCTrainer:
         finally:
             if writer is not None:
                 writer.flush()
-        trained_s = time.perf_counter() - started  # periodic evaluations included
+        trained_s = time.perf_counter() - self._started  # periodic evaluations included
         self._log_eval(writer, self.evaluate())
         self.checkpoint()
         policy_dir = self.policy.save_pretrained(self.run_dir / "policy")
         draw_learning_curve(self.history, self.run_dir / "learning_curve.png")
         result = BCResult(self.run_dir, Path(policy_dir), self.step,
                           float(np.mean(losses[-cfg.log_every:])) if losses else float("nan"),
-                          self.evaluations, trained_s)
+                          self.evaluations, trained_s, self.dagger_seconds)
         self._write_summary(result)
         if writer is not None:
             writer.close()
@@ -289,6 +357,12 @@ class BCTrainer:
                 writer.add_scalar(f"train/{key}", value, self.step)
             writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.step)
 
+    def _log_dagger(self, writer: Any, record: dict[str, Any]) -> None:
+        if writer is not None:
+            writer.add_scalar("dagger/learner_success", record["learner_success"],
+                              record["step"])
+            writer.add_scalar("dagger/transitions", len(self.demos), record["step"])
+
     def _log_eval(self, writer: Any, result: dict[str, Any]) -> None:
         if writer is not None:
             writer.add_scalar("eval/success_rate", result["success_rate"], result["step"])
@@ -300,7 +374,11 @@ class BCTrainer:
                    "grounding_frames": len(frames) if (frames := self.demos.grounding_frames)
                    is not None else 0,
                    "steps": result.steps, "final_loss": result.final_loss,
-                   "train_seconds": result.train_seconds, "evaluations": result.evaluations}
+                   "train_seconds": result.train_seconds, "evaluations": result.evaluations,
+                   "dagger": {"rounds": self.dagger_rounds_done,
+                              "seconds": result.dagger_seconds,
+                              "step": self.history["dagger_step"],
+                              "learner_success": self.history["dagger_success"]}}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
 
 

@@ -9,6 +9,7 @@ and quick experiments).
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,9 @@ POSITION_LABELS = ("target_pos", *PIXEL_LABELS)
 # Grounding-only scenes (``from_expert(grounding_scenes=...)``) take seeds from here on: far
 # from demo seeds (0, 1, ...) and from evaluation seeds (100 000 on).
 GROUNDING_SEEDS = 50_000
+# Learner rollouts labelled by the expert (``learner_episodes``, DAgger) take seeds from here
+# on, clear of the demo, grounding and evaluation seeds.
+LEARNER_SEEDS = 70_000
 APPROACH_EVERY = 6  # steps between the grounding frames kept along an approach
 APPROACH_STEPS = 30  # steps of each approach (about where a pick's grasp begins)
 # A knocked grasp (``from_expert(grasp_misses=...)``): when the expert first closes the
@@ -50,6 +54,10 @@ KNOCK_MAX_RISE = np.pi / 3  # rad above level
 BLIP_STEPS = (2, 7)  # executed-closed steps of one blip (upper bound excluded)
 # Image keys besides the main camera's that demos keep when the env emits them.
 EXTRA_VIEWS = tuple(view for view in CAMERA_OF_VIEW if view != IMAGE)
+# Demos' per-transition arrays (besides ``views``), as ``save`` writes them.
+_ROW_FIELDS = ("images", "instructions", "states", "actions", "episode", "targets",
+               *POSITION_LABELS)
+_TEXT_FIELDS = ("instructions", "targets")
 
 
 @dataclass
@@ -234,6 +242,55 @@ class Demos:
             added = _concatenate(self.grounding_frames, added)
         return dataclasses.replace(self, grounding_frames=added)
 
+    def with_episodes(self, more: Demos) -> Demos:
+        """These demos then ``more``'s episodes (renumbered after these), recorded in the same
+        env; the grounding frames stay these demos'."""
+        if (more.env_id, more.env_kwargs) != (self.env_id, self.env_kwargs):
+            raise ValueError(f"cannot add episodes of {more.env_id} {more.env_kwargs} to demos "
+                             f"of {self.env_id} {self.env_kwargs}")
+        return dataclasses.replace(_concatenate(self, more),
+                                   grounding_frames=self.grounding_frames)
+
+    def save(self, path: str | Path) -> Path:
+        """The transitions (not the grounding frames) in one compressed ``.npz``; ``load``
+        reads it back. For training runs to keep what they recorded themselves."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {name: getattr(self, name) for name in _ROW_FIELDS
+                  if getattr(self, name) is not None}
+        for name in _TEXT_FIELDS:  # fixed-width text: loading needs no pickle
+            if name in arrays:
+                arrays[name] = arrays[name].astype(str)
+        arrays.update({f"view_{key}": images for key, images in self.views.items()})
+        meta = {"env_id": self.env_id, "env_kwargs": self.env_kwargs,
+                "contract": self.contract.name}
+        with path.open("wb") as handle:
+            np.savez_compressed(handle, meta=np.array(json.dumps(meta, default=list)),
+                                **arrays)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Demos:
+        """Demos written by ``save``."""
+        from vla_gym.policies.configuration import ACTION_CONTRACTS
+
+        try:
+            with np.load(path, allow_pickle=False) as stored:
+                meta = json.loads(str(stored["meta"]))
+                arrays = {name: stored[name] for name in stored.files
+                          if name != "meta" and not name.startswith("view_")}
+                views = {name[len("view_"):]: stored[name] for name in stored.files
+                         if name.startswith("view_")}
+        except (OSError, ValueError, KeyError) as exc:
+            raise ValueError(f"{path}: not demos written by Demos.save ({exc})") from None
+        for name in _TEXT_FIELDS:
+            if name in arrays:
+                arrays[name] = arrays[name].astype(object)
+        kwargs = {key: tuple(value) if isinstance(value, list) else value
+                  for key, value in meta["env_kwargs"].items()}
+        return cls(meta["env_id"], kwargs, ACTION_CONTRACTS[meta["contract"]], **arrays,
+                   views=views)
+
     @classmethod
     def from_dataset(cls, path: str | Path, only_success: bool = True) -> Demos:
         """Load a recorded dataset (``vla-gym collect``) into memory, successful episodes only
@@ -263,6 +320,29 @@ def _from_recorded(episode: Any) -> dict[str, Any]:
     if "target" in infos:
         out["target"] = [str(t) for t in infos["target"][:steps]]
     return out
+
+
+def learner_episodes(env_id: str, policy: Any, episodes: int, seed: int = LEARNER_SEEDS,
+                     **env_kwargs: Any) -> tuple[Demos, list[bool]]:
+    """DAgger's data: ``episodes`` episodes (seeds ``seed``, ``seed + 1``, ...) driven by
+    ``policy`` (``act(obs)``, ``reset()``), every visited state labelled with the expert's
+    action, and whether each episode succeeded. Cloned, they teach the expert's way back from
+    the states the policy's own mistakes lead to, which clean and noisy demos rarely show."""
+    import gymnasium as gym
+
+    from vla_gym.experts import make_expert
+
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    env = gym.make(env_id, **env_kwargs)
+    try:
+        expert = make_expert(env)
+        contract = env.unwrapped.action_contract
+        recorded = [_record(env, expert, seed + j, actor=policy) for j in range(episodes)]
+    finally:
+        env.close()
+    demos = Demos.from_episodes(env_id, env_kwargs, contract, recorded)
+    return demos, [episode["success"] for episode in recorded]
 
 
 def _concatenate(first: Demos, second: Demos) -> Demos:
@@ -416,15 +496,20 @@ class _GripBlips:
 
 def _record(env: Any, expert: Any, seed: int, noise: float = 0.0,
             rng: np.random.Generator | None = None, knock: bool = False,
-            blips: float = 0.0) -> dict[str, Any]:
+            blips: float = 0.0, actor: Any = None) -> dict[str, Any]:
     """One expert episode. With ``noise`` > 0 the env executes the expert's action plus
     Gaussian noise on the motion dimensions (DART) while the recorded label stays the clean
     action: the demos then show how to recover from drift like a learned policy's. ``knock``:
     the first grasp is also knocked off target (``_GraspKnock``; needs ``rng``). ``blips`` > 0:
     the executed gripper also closes now and then while the expert's is open (``_GripBlips``;
-    needs ``rng``)."""
+    needs ``rng``). ``actor`` (``act(obs)``, ``reset()``): the env executes its actions
+    instead, and the expert only labels the states it visits (DAgger); no noise, knocks or
+    blips are applied then."""
     obs, info = env.reset(seed=seed)
     expert.reset()
+    if actor is not None:
+        actor.reset()
+        noise, knock, blips = 0.0, False, 0.0
     contract = env.unwrapped.action_contract
     knocker = _GraspKnock(contract, rng) if knock and rng is not None else None
     blipper = _GripBlips(contract, blips, rng) if blips > 0 and rng is not None else None
@@ -442,7 +527,12 @@ def _record(env: Any, expert: Any, seed: int, noise: float = 0.0,
             steps["action"].append(action)
             for key in labels:
                 steps[key].append(info[key])
-        executed = _with_noise(action, contract, noise, rng) if knocked is None else knocked
+        if actor is not None:
+            executed = actor.act(obs)
+        elif knocked is None:
+            executed = _with_noise(action, contract, noise, rng)
+        else:
+            executed = knocked
         if blipper is not None and knocked is None:
             executed = blipper(action, executed)
         obs, _, terminated, truncated, info = env.step(executed)
