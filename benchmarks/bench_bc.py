@@ -75,7 +75,8 @@ def run_one(env_id: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
                       batch_size=args.batch_size, grounding_weight=args.grounding,
                       eval_every=0, eval_episodes=10, time_budget_s=args.time_budget,
                       policy_changes=changes, seed=args.seed, shift=args.shift,
-                      dagger_episodes=args.dagger_episodes, dagger_rounds=args.dagger_rounds)
+                      dagger_episodes=args.dagger_episodes, dagger_rounds=args.dagger_rounds,
+                      precision=args.precision)
     result = train_bc(demos, out / env_id.split("/")[-1], config)
     figures: dict[str, Any] = {
         "env_id": env_id, "demos": demos.num_episodes, "transitions": len(demos),
@@ -87,7 +88,7 @@ def run_one(env_id: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(), "env_kwargs": env_kwargs,
         "dart_noise": args.noise, "shift": args.shift, "policy_changes": changes,
         "grounding_scenes": args.grounding_scenes, "grasp_misses": grasp_misses,
-        "grip_blips": grip_blips,
+        "grip_blips": grip_blips, "precision": args.precision,
         "other_target_frames": len(
             demos.grounding_frames) if demos.grounding_frames is not None else 0,
     }
@@ -142,6 +143,8 @@ def main() -> None:
                         help="episodes driven by the policy in training, labelled by the expert "
                         "(DAgger; their rollouts do not count against --time-budget)")
     parser.add_argument("--dagger-rounds", type=int, default=1)
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="training forward passes in float32 or bfloat16 autocast")
     parser.add_argument("--eval-episodes", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (2 cores)")
     parser.add_argument("--seed", type=int, default=0)

@@ -45,6 +45,18 @@ def test_loss_falls_well_below_its_start(pick_demos, tmp_path):
     assert last < 0.35 * first, (first, last)
 
 
+def test_bf16_autocast_learns_with_float32_weights(pick_demos, tmp_path):
+    trainer = BCTrainer(pick_demos, tmp_path, _config(steps=150, lr=2e-3, precision="bf16"))
+    first = np.mean([trainer.train_step()["action_loss"] for _ in range(5)])
+    for _ in range(140):
+        trainer.train_step()
+    last = np.mean([trainer.train_step()["action_loss"] for _ in range(5)])
+    assert last < 0.5 * first, (first, last)
+    assert all(p.dtype == torch.float32 for p in trainer.policy.parameters())
+    with pytest.raises(ValueError, match="precision must be one of"):
+        BCConfig(precision="fp16")
+
+
 def test_run_writes_policy_curve_summary_and_evaluates(pick_demos, tmp_path):
     result = train_bc(pick_demos, tmp_path, _config(steps=20))
     assert (result.policy_dir / "config.json").is_file()
