@@ -31,7 +31,6 @@ from vla_gym.training.checkpoints import latest_checkpoint, load_trainer_state, 
 from vla_gym.training.demos import LEARNER_SEEDS, Demos, learner_episodes
 from vla_gym.types import pixel_label, state_indices_without_velocities
 
-
 PRECISIONS = ("fp32", "bf16")
 
 
