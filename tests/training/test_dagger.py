@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -84,6 +85,9 @@ def test_with_episodes_appends_and_refuses_another_env(pick_demos):
     joined = pick_demos.with_episodes(more)
     assert len(joined) == len(pick_demos) + len(more) and joined.num_episodes == 3
     np.testing.assert_array_equal(joined.actions[len(pick_demos):], more.actions)
+    listed = dataclasses.replace(more, env_kwargs={"image_size": 48, "cameras": ["main"]})
+    tupled = dataclasses.replace(pick_demos, env_kwargs={"image_size": 48, "cameras": ("main",)})
+    assert tupled.with_episodes(listed).num_episodes == 3  # as JSON and as code spell them
     other = Demos.from_expert(PICK, 1, seed=5, image_size=32)
     with pytest.raises(ValueError, match="cannot add episodes"):
         pick_demos.with_episodes(other)

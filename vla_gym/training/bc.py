@@ -64,8 +64,9 @@ class BCConfig:
     dagger_episodes: int = 0
     dagger_rounds: int = 1
     # "bf16": forward passes under torch.autocast in bfloat16 (weights, optimiser state and
-    # gradients stay float32). On CPUs with native bf16 (avx512_bf16, AMX) a step is ~1.3x
-    # faster, so a time budget buys more steps; elsewhere it can be slower.
+    # gradients stay float32). On CPUs with native bf16 (avx512_bf16, AMX) a step is about
+    # 1.5x faster (benchmarks/bench_bc_step.py), so a time budget buys more steps; elsewhere
+    # it can be slower.
     precision: str = "fp32"
 
     def __post_init__(self) -> None:

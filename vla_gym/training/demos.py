@@ -245,7 +245,8 @@ class Demos:
     def with_episodes(self, more: Demos) -> Demos:
         """These demos then ``more``'s episodes (renumbered after these), recorded in the same
         env; the grounding frames stay these demos'."""
-        if (more.env_id, more.env_kwargs) != (self.env_id, self.env_kwargs):
+        if more.env_id != self.env_id or _kwargs_key(more.env_kwargs) != _kwargs_key(
+                self.env_kwargs):
             raise ValueError(f"cannot add episodes of {more.env_id} {more.env_kwargs} to demos "
                              f"of {self.env_id} {self.env_kwargs}")
         return dataclasses.replace(_concatenate(self, more),
@@ -320,6 +321,11 @@ def _from_recorded(episode: Any) -> dict[str, Any]:
     if "target" in infos:
         out["target"] = [str(t) for t in infos["target"][:steps]]
     return out
+
+
+def _kwargs_key(env_kwargs: dict[str, Any]) -> str:
+    """Env kwargs compared by value: a dataset's JSON gives lists where code passes tuples."""
+    return json.dumps(env_kwargs, sort_keys=True, default=list)
 
 
 def learner_episodes(env_id: str, policy: Any, episodes: int, seed: int = LEARNER_SEEDS,
