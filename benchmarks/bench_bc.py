@@ -19,7 +19,6 @@ expert (DAgger, ``BCConfig.dagger_episodes``); the expert-labelled episodes are 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import torch
 
 import vla_gym  # noqa: F401  (registers the env ids)
 from vla_gym.evaluation import evaluate
+from vla_gym.jsonfile import write_json
 from vla_gym.policies.configuration import MINILM
 from vla_gym.training.bc import BCConfig, train_bc
 from vla_gym.training.demos import Demos
@@ -166,8 +166,7 @@ def main() -> None:
             line += f", test/train {run['test_over_train']}"
         print(line)
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2, default=str))
+        write_json(args.json, report)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ episode) to the target position at evaluation, as an imperfect perception would.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 import vla_gym  # noqa: F401  (registers the env ids)
+from vla_gym.jsonfile import write_json
 from vla_gym.rollout import wilson_interval
 from vla_gym.training.demos import Demos
 from vla_gym.types import state_indices_without_velocities
@@ -131,9 +131,8 @@ def main() -> None:
                       f"{result['success_rate']:.1%} ({lo:.1%}-{hi:.1%})", flush=True)
         print(f"  ({time.perf_counter() - started:.0f} s for blips {blips:g})", flush=True)
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"env_id": args.env, "demos": args.demos,
-                                         "runs": runs}, indent=2))
+        write_json(args.json, {"env_id": args.env, "demos": args.demos,
+                                "runs": runs})
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 import vla_gym  # noqa: F401  (registers the env ids)
+from vla_gym.jsonfile import write_json
 from vla_gym.training.bc import BCConfig, BCTrainer
 from vla_gym.training.demos import Demos
 
@@ -68,8 +69,7 @@ def main() -> None:
     }
     print(json.dumps(result, indent=2))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+        write_json(args.json, result)
 
 
 if __name__ == "__main__":

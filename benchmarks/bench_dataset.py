@@ -11,10 +11,11 @@ checks that the 1-env and 2-env datasets hold the same episodes.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 from pathlib import Path
+
+from vla_gym.jsonfile import write_json
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -63,8 +64,7 @@ def main() -> None:
         rows = [bench(env_id, args.episodes, Path(tmp) / str(i))
                 for i, env_id in enumerate(args.envs)]
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"results": rows}, indent=2))
+        write_json(args.json, {"results": rows})
         print(f"wrote {args.json}")
 
 

@@ -265,8 +265,9 @@ def main() -> None:
               "envs": {env_id: measure_all(env_id, args) for env_id in args.env}}
     print(json.dumps(result, indent=2))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+        from vla_gym.jsonfile import write_json  # after the GL settings above
+
+        write_json(args.json, result)
 
 
 if __name__ == "__main__":

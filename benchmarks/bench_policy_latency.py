@@ -12,7 +12,6 @@ median of the per-round ratios, so load from other processes hits both sides ali
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 
 import vla_gym  # noqa: F401  (registers the env ids)
+from vla_gym.jsonfile import write_json
 from vla_gym.policies import VLAPolicy, get_config, quantize_int8
 from vla_gym.policies.presets import PRESETS
 
@@ -159,8 +159,7 @@ def main() -> None:
               f"x{result['int8_speedup_throughput']:.2f} b{args.batch}"
               f" | max |da| {result['int8_action_difference']['max_abs']:.4f}", flush=True)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
+        write_json(args.json, report)
 
 
 if __name__ == "__main__":

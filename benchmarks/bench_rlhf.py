@@ -30,6 +30,7 @@ import torch
 
 import vla_gym  # noqa: F401  (registers the env ids)
 from vla_gym.evaluation import evaluate, resolve_policy_dir
+from vla_gym.jsonfile import write_json
 from vla_gym.policies import VLAPolicy
 from vla_gym.training.preferences import OracleConfig
 from vla_gym.training.rlhf import RLConfig, RLHFConfig, run_rlhf
@@ -141,10 +142,7 @@ def main() -> None:
     report["success_gain"] = (headline["eval"]["success_rate"]
                               - report["bc_eval"]["success_rate"])
     print(f"gain with {headline['labels']} labels: {100 * report['success_gain']:+.1f} points")
-    path = args.json or args.out / "report.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2))
-    print(f"wrote {path}")
+    print(f"wrote {write_json(args.json or args.out / 'report.json', report)}")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vla_gym.jsonfile import write_json
+
 DOMAIN = 180 + os.getpid() % 40
 CAMERA, ODOM, CMD = "/bench/image_raw", "/bench/odom", "/bench/cmd_vel"
 
@@ -242,8 +244,7 @@ def main() -> None:
     for name, values in figures.items():
         print(f"{name}: {json.dumps(values)}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=2))
+        write_json(args.json, figures)
         print(f"wrote {args.json}")
 
 

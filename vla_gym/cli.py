@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -12,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 import vla_gym
+from vla_gym.jsonfile import write_json
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Vision-language-action robot learning in simulation.")
@@ -20,9 +20,7 @@ console = Console()
 
 def _write_json(path: Path | None, payload: dict) -> None:
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(payload, indent=2))
-        console.print(f"wrote {path}")
+        console.print(f"wrote {write_json(path, payload)}")
 
 
 @app.command()

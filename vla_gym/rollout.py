@@ -7,7 +7,6 @@ interval, which stays meaningful at small episode counts and at 0% or 100%.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import defaultdict
@@ -20,6 +19,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
+from vla_gym.jsonfile import write_json
 from vla_gym.vector import make_vec
 from vla_gym.video import VideoRecorder
 
@@ -64,9 +64,7 @@ class RolloutSummary:
     episodes_detail: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self, path: str | Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(self), indent=2))
+        write_json(path, asdict(self))
 
 
 def random_policy(action_space: gym.Space, seed: int) -> BatchPolicy:

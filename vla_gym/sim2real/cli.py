@@ -7,7 +7,6 @@ Register them on the main app with ``app.command()(bridge)`` and ``app.command()
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from vla_gym.jsonfile import write_json
 
 TransportOpt = Annotated[str, typer.Option(
     "--transport", help="auto (rclpy if it imports, else dds) | rclpy | dds")]
@@ -61,9 +62,7 @@ def _setup(transport: str, domain_id: int | None, loopback: bool,
 
 def _write_json(path: Path | None, payload: dict[str, Any]) -> None:
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(payload, indent=2, default=str))
-        typer.echo(f"wrote {path}")
+        typer.echo(f"wrote {write_json(path, payload)}")
 
 
 def bridge(

@@ -24,7 +24,6 @@ A run directory holds::
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -34,6 +33,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from vla_gym.jsonfile import write_json
 from vla_gym.policies.preprocessing import add_batch_dim
 from vla_gym.training.preferences import OracleConfig, Variant
 from vla_gym.training.reward_model import RewardEnsemble, RewardModelConfig
@@ -258,12 +258,6 @@ def make_rl_env(env_id: str, env_kwargs: dict[str, Any], policy: Any,
 
 
 # -- the loop ----------------------------------------------------------------------------------
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    tmp.replace(path)
-
-
 def _eval_figures(report: dict[str, Any]) -> dict[str, Any]:
     keep = ("episodes", "success_rate", "success_ci95", "mean_return", "mean_length")
     return {k: report[k] for k in keep}
@@ -461,7 +455,7 @@ class RLHFRun:
         self.log(f"BC: success {self.metrics['bc_eval']['success_rate']:.1%}")
         for k in range(self.config.iterations):
             self.metrics["iterations"].append(self.iteration(k))
-            _write_json(self.out / "metrics.json", self.metrics)
+            write_json(self.out / "metrics.json", self.metrics)
         self.current.save_pretrained(self.out / "policy")
         final = self.metrics["iterations"][-1]["eval"]
         self.metrics["final"] = {
@@ -469,7 +463,7 @@ class RLHFRun:
             "rl_steps": int(self.model.num_timesteps) if self.model is not None else 0,
             "success_gain": final["success_rate"] - self.metrics["bc_eval"]["success_rate"],
             "seconds": time.perf_counter() - started}
-        _write_json(self.out / "metrics.json", self.metrics)
+        write_json(self.out / "metrics.json", self.metrics)
         return self.metrics
 
 
