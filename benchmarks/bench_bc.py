@@ -69,6 +69,8 @@ def run_one(env_id: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
         changes["language"] = {"kind": "hf", "pretrained": MINILM}
     if args.target_xy_to_head:
         changes.setdefault("fusion", {})["target_xy_to_head"] = True
+    if args.geometry_only_head:
+        changes["geometry"] = {"image_features_to_head": False}
     if args.head_dropout:
         changes["head"] = {"dropout": args.head_dropout}
     config = BCConfig(preset=preset_for(env_id, args.preset), steps=args.max_steps,
@@ -76,7 +78,8 @@ def run_one(env_id: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
                       eval_every=0, eval_episodes=10, time_budget_s=args.time_budget,
                       policy_changes=changes, seed=args.seed, shift=args.shift,
                       dagger_episodes=args.dagger_episodes, dagger_rounds=args.dagger_rounds,
-                      precision=args.precision)
+                      precision=args.precision, target_geometry=args.target_geometry,
+                      refit_head_steps=args.refit_head_steps)
     result = train_bc(demos, out / env_id.split("/")[-1], config)
     figures: dict[str, Any] = {
         "env_id": env_id, "demos": demos.num_episodes, "transitions": len(demos),
@@ -89,6 +92,7 @@ def run_one(env_id: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "dart_noise": args.noise, "shift": args.shift, "policy_changes": changes,
         "grounding_scenes": args.grounding_scenes, "grasp_misses": grasp_misses,
         "grip_blips": grip_blips, "precision": args.precision,
+        "target_geometry": args.target_geometry, "refit": result.refit,
         "other_target_frames": len(
             demos.grounding_frames) if demos.grounding_frames is not None else 0,
     }
@@ -143,6 +147,14 @@ def main() -> None:
                         help="episodes driven by the policy in training, labelled by the expert "
                         "(DAgger; their rollouts do not count against --time-budget)")
     parser.add_argument("--dagger-rounds", type=int, default=1)
+    parser.add_argument("--target-geometry", action="store_true",
+                        help="tabletop: lift the target maps onto the table for the head")
+    parser.add_argument("--geometry-only-head", action="store_true",
+                        help="with --target-geometry: the head reads the lifted geometry and "
+                             "the state, not the image features")
+    parser.add_argument("--refit-head-steps", type=int, default=0,
+                        help="after training, refit the head this many steps on the frozen "
+                             "perception (counted in train_seconds, not --time-budget)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="training forward passes in float32 or bfloat16 autocast")
     parser.add_argument("--eval-episodes", type=int, default=100)

@@ -116,6 +116,15 @@ def train_bc_command(
     precision: str = typer.Option(
         "fp32", "--precision",
         help="fp32, or bf16 (autocast forward passes; faster on CPUs with native bf16)."),
+    target_geometry: bool = typer.Option(
+        False, "--target-geometry",
+        help="Tabletop: lift each camera's target map onto the table with the env's camera "
+             "calibration and hand the target's offset from the gripper to the action head "
+             "(needs --grounding > 0)."),
+    refit_head_steps: int = typer.Option(
+        0, "--refit-head-steps", min=0,
+        help="After training, re-initialise the action head and fit it this many steps on the "
+             "frozen perception of the demos, un-augmented (0 = off)."),
     resume: bool = typer.Option(False, "--resume", help="Continue RUN's latest checkpoint."),
 ):
     """Behaviour cloning on recorded demos; evaluates in the env as it goes."""
@@ -127,7 +136,12 @@ def train_bc_command(
                       grounding_weight=grounding, contrastive_weight=contrastive, seed=seed,
                       time_budget_s=time_budget, state_velocities=state_velocities,
                       dagger_episodes=dagger_episodes, dagger_rounds=dagger_rounds,
-                      precision=precision)
+                      precision=precision, target_geometry=target_geometry,
+                      refit_head_steps=refit_head_steps)
+    if target_geometry and grounding <= 0:
+        raise typer.BadParameter("--target-geometry lifts target maps that the grounding loss "
+                                 "trains; set --grounding to a weight > 0 (e.g. 1.0)",
+                                 param_hint="--target-geometry")
     if grounding_scenes and grounding <= 0:
         raise typer.BadParameter("--grounding-scenes feeds the grounding loss; set --grounding "
                                  "to a weight > 0 (e.g. 1.0)", param_hint="--grounding-scenes")

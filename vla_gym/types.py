@@ -31,6 +31,12 @@ def pixel_label(view: str) -> str:
     return "target_pixel" if view == IMAGE else f"{CAMERA_OF_VIEW[view]}_target_pixel"
 
 
+def shift_key(view: str) -> str:
+    """The training-batch key of how far augmentation moved each of ``view``'s images'
+    content, (B, 2) (column, row) fractions of the image."""
+    return f"{view}_shift"
+
+
 PIXEL_LABELS = tuple(pixel_label(view) for view in CAMERA_OF_VIEW)
 
 DEFAULT_IMAGE_SIZE = 96

@@ -113,6 +113,30 @@ def test_rl_actor_starts_as_the_bc_policy_and_exports_back(tiny_bc, algo, tmp_pa
         np.testing.assert_allclose(exported.predict(_batch(raw)), after, atol=1e-5)
 
 
+def test_rl_actor_of_a_target_geometry_policy_starts_at_its_bc_actions(tiny_bc, tmp_path):
+    """The RL features extractor hands the trunk raw state; the geometry must read the
+    gripper's pose from it exactly as the BC policy does from its unstandardised input."""
+    from vla_gym.policies.geometry import calibration_from_env
+
+    env = gym.make(PICK, **ENV_KWARGS)
+    calibration = calibration_from_env(env, ("image",))
+    env.close()
+    base = VLAPolicy.from_pretrained(tiny_bc).config
+    geometry = VLAPolicy(base.replace(
+        fusion={"kind": "film"}, geometry={"cameras": calibration},
+        aux={"grounding_weight": 1.0, "grounding_classes": ("red cube",)},
+        state_indices=(0, 1, 2, 12, 13, 14, 15)))
+    geometry.set_normalization(actions=np.random.default_rng(0).normal(0.1, 0.3, (64, 7)),
+                               states=np.random.default_rng(1).normal(0.5, 2.0, (64, 20)))
+    policy = VLAPolicy.from_pretrained(geometry.save_pretrained(tmp_path / "geo")).eval()
+    venv = make_rl_env(PICK, ENV_KWARGS, policy, None, 0.0, n_envs=2, seed=0)
+    model = build_model(policy, venv, RLConfig(algo="ppo", n_steps=16, batch_size=16))
+    boxed = venv.reset()
+    raw = [env.current for env in venv.raws]
+    actions, _ = model.predict(boxed, deterministic=True)
+    np.testing.assert_allclose(actions, policy.predict(_batch(raw)), atol=1e-5)
+
+
 def _batch(raw: list[dict]) -> dict:
     return {k: (np.stack([o[k] for o in raw]) if k != "instruction" else [o[k] for o in raw])
             for k in raw[0]}

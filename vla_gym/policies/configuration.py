@@ -186,6 +186,57 @@ class FinetuneConfig:
         _positive("finetune", lora_rank=self.lora_rank, lora_alpha=self.lora_alpha)
 
 
+CAMERA_FRAMES = ("world", "end_effector")
+
+
+def _numbers(value: Any, n: int) -> bool:
+    return (isinstance(value, (list, tuple)) and len(value) == n
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
+
+
+def check_calibration(cameras: Any) -> None:
+    """Refuse a calibration that is not {view: {frame, pos (3), rot (9, row-major), fovy}}."""
+    if not isinstance(cameras, dict):
+        raise ValueError(f"geometry.cameras must be an object, got {cameras!r}")
+    for view, cal in cameras.items():
+        if not isinstance(cal, dict) or set(cal) != {"frame", "pos", "rot", "fovy"}:
+            raise ValueError(f"geometry.cameras[{view!r}] must be an object with keys "
+                             f"['fovy', 'frame', 'pos', 'rot'], got {cal!r}")
+        if cal["frame"] not in CAMERA_FRAMES:
+            raise ValueError(f"geometry.cameras[{view!r}].frame must be one of "
+                             f"{list(CAMERA_FRAMES)}, got {cal['frame']!r}")
+        if not (_numbers(cal["pos"], 3) and _numbers(cal["rot"], 9)):
+            raise ValueError(f"geometry.cameras[{view!r}] needs pos (3 numbers) and rot "
+                             f"(9 numbers, row-major), got {cal['pos']!r}, {cal['rot']!r}")
+        if not (_numbers([cal["fovy"]], 1) and 0.0 < cal["fovy"] < 180.0):
+            raise ValueError(f"geometry.cameras[{view!r}].fovy must be in (0, 180) degrees, "
+                             f"got {cal['fovy']!r}")
+
+
+@dataclass(frozen=True)
+class GeometryConfig:
+    """Calibrated cameras whose target maps are lifted onto the table for the action head
+    (see :mod:`vla_gym.policies.geometry`); empty = off.
+
+    ``cameras`` maps an image key (``"image"``, ``"wrist_image"``) to ``{"frame": "world" |
+    "end_effector", "pos": [x, y, z], "rot": 9 numbers (the camera's axes, row-major),
+    "fovy": degrees}``, as a tabletop env's ``camera_calibration()`` gives it."""
+
+    cameras: dict[str, Any] = field(default_factory=dict)
+    # False: the final MLP reads the lifted geometry and the state only, not the fused image
+    # features, so the action must come from where perception puts the target (a clone on
+    # image features leans on them and overfits a few hundred demos). Fits single-object
+    # tasks (pick); tasks with a destination need the image features.
+    image_features_to_head: bool = True
+
+    def __post_init__(self) -> None:
+        check_calibration(self.cameras)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cameras)
+
+
 @dataclass(frozen=True)
 class VLAConfig:
     """A whole policy. ``action`` names an :class:`~vla_gym.types.ActionContract`."""
@@ -197,6 +248,7 @@ class VLAConfig:
     aux: AuxConfig = field(default_factory=AuxConfig)
     uncertainty: UncertaintyConfig = field(default_factory=UncertaintyConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    geometry: GeometryConfig = field(default_factory=GeometryConfig)
     action: str = ARM_EE_DELTA.name
     # Image observations read, main camera first; each extra view (e.g. "wrist_image") gets
     # its own encoder and fusion, their features concatenated.
@@ -225,9 +277,26 @@ class VLAConfig:
                              f"got {views!r}")
         for view in views[1:]:
             _choice("config", "views", view, tuple(CAMERA_OF_VIEW))
+        if self.geometry.enabled:
+            self._check_geometry()
         if self.finetune.vision == "lora" and self.vision.kind == "cnn":
             raise ValueError("finetune.vision='lora' needs a transformer vision encoder "
                              "('vit' or 'clip'), not 'cnn'")
+
+    def _check_geometry(self) -> None:
+        unknown = [v for v in self.geometry.cameras if v not in self.views]
+        if unknown:
+            raise ValueError(f"geometry.cameras names {unknown}, which this policy does not "
+                             f"read; its views are {list(self.views)}")
+        needs = {"an arm_ee_delta action (an end effector in the state)":
+                 self.action == ARM_EE_DELTA.name,
+                 "use_state (the gripper's pose)": self.use_state,
+                 "fusion.kind='film' (target maps)": self.fusion.kind == "film",
+                 "aux.grounding_weight > 0 (labels that train the maps)":
+                 self.aux.grounding_weight > 0}
+        missing = [what for what, ok in needs.items() if not ok]
+        if missing:
+            raise ValueError(f"geometry (lifted target maps) needs {'; '.join(missing)}")
 
     @property
     def contract(self) -> ActionContract:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from vla_gym.policies.encoders.language import LanguageEncoder, LanguageFeatures
 from vla_gym.policies.encoders.vision import build_vision
 from vla_gym.policies.finetune import apply_finetune, is_frozen
 from vla_gym.policies.fusion import build_fusion, expected_cell_xy
+from vla_gym.policies.geometry import TargetGeometry
 from vla_gym.policies.layers import mlp
 
 
@@ -30,6 +31,8 @@ class TrunkOutput:
     language: Tensor  # (B, Dl) pooled instruction embedding (contrastive loss)
     target_map: Tensor | None = None  # (B, tokens) logits of where the target is (grounding)
     extra_maps: tuple[Tensor | None, ...] = ()  # the same for each of config.extra_views
+    target_height: Tensor | None = None  # (B,) m, the geometry's height regressor (if any)
+    perception: Tensor | None = None  # (B, D) what the final MLP reads besides the state
 
 
 def num_vision_tokens(cfg: VisionConfig, patch_size: int) -> int:
@@ -120,9 +123,18 @@ class VLATrunk(nn.Module):
                                 n_tokens)
 
         self.fusion = fusion()
-        width = config.fusion.dim * len(config.views)
-        if config.fusion.target_xy_to_head:
+        # Without image features in the head (geometry.image_features_to_head=False) the final
+        # MLP reads the lifted geometry and the state alone.
+        self.images_to_head = not (config.geometry.enabled
+                                   and not config.geometry.image_features_to_head)
+        width = config.fusion.dim * len(config.views) if self.images_to_head else 0
+        if config.fusion.target_xy_to_head and self.images_to_head:
             width += 2 * len(config.views)
+        self.geometry: TargetGeometry | None = None
+        if config.geometry.enabled:
+            self.geometry = TargetGeometry(config.geometry.cameras, config.views,
+                                           config.fusion.dim)
+            width += self.geometry.out_dim
         if config.use_state:
             read = len(config.state_indices) or config.state_dim
             self.state = mlp(read, config.hidden, config.hidden, layers=2)
@@ -165,9 +177,13 @@ class VLATrunk(nn.Module):
         return self.cache.lookup(self.language, texts)
 
     def forward(self, images: Tensor, lang: LanguageFeatures, state: Tensor | None,
-                extra_views: Sequence[Tensor] = ()) -> TrunkOutput:
+                extra_views: Sequence[Tensor] = (), raw_state: Tensor | None = None,
+                shifts: Mapping[str, Tensor] | None = None) -> TrunkOutput:
         """``images``: the main camera; ``extra_views``: one batch per ``config.extra_views``.
-        The target map and pooled vision embedding are the main camera's."""
+        The target map and pooled vision embedding are the main camera's. ``raw_state``: the
+        state before standardisation, for the geometry (default: ``state``, as the RL
+        features extractor passes it); ``shifts``: per view, how far augmentation moved each
+        image's content (image fractions), which the geometry undoes."""
         if len(extra_views) != len(self.extra_vision):
             raise ValueError(f"this trunk reads {len(self.extra_vision)} extra view(s) "
                              f"{list(self.config.extra_views)}, got {len(extra_views)}")
@@ -180,12 +196,31 @@ class VLATrunk(nn.Module):
             extra_maps.append(view_map)
         if self.config.fusion.target_xy_to_head:
             parts.extend(_target_xy(m, fused) for m in (target_map, *extra_maps))
-        fused = torch.cat(parts, dim=-1) if len(parts) > 1 else fused
+        height = None
+        if self.geometry is not None:
+            pose = raw_state if raw_state is not None else state
+            if pose is None:
+                raise ValueError("target geometry needs the 'state' observation (the "
+                                 "gripper's pose) but got none")
+            lifted, height = self.geometry((target_map, *extra_maps), fused, pose, shifts)
+            parts = [*parts, lifted.to(fused.dtype)] if self.images_to_head else [
+                lifted.to(fused.dtype)]
+        perception = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
+        return TrunkOutput(self.decide(perception, state), v_pooled, lang.pooled, target_map,
+                           tuple(extra_maps), height, perception)
+
+    def decide(self, perception: Tensor, state: Tensor | None) -> Tensor:
+        """The final MLP over what perception hands the head and the (standardised) state;
+        split out so that the head can be refitted on cached perception
+        (:func:`vla_gym.training.bc.refit_head`)."""
         if self.config.use_state:
             if state is None:
                 raise ValueError("this policy reads the 'state' observation but got none")
             if len(self.state_index):
                 state = state.index_select(-1, self.state_index)
-            fused = torch.cat([fused, self.state(state)], dim=-1)
-        return TrunkOutput(self.out(fused), v_pooled, lang.pooled, target_map,
-                           tuple(extra_maps))
+            perception = torch.cat([perception, self.state(state)], dim=-1)
+        return self.out(perception)
+
+    def decision_modules(self) -> list[nn.Module]:
+        """The modules :meth:`decide` runs (state MLP and final MLP)."""
+        return [self.out, *([self.state] if self.config.use_state else [])]

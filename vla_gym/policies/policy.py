@@ -18,9 +18,11 @@ from typing import Any, cast
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vla_gym.policies.configuration import VLAConfig
+from vla_gym.policies.geometry import HEIGHT_UNIT_M
 from vla_gym.policies.heads import (
     HEADS,
     ActionHead,
@@ -127,14 +129,18 @@ class VLAPolicy(nn.Module):
     def preprocess(self, obs_batch: Any) -> Inputs:
         return preprocess(obs_batch, self.config, self.device)
 
+    def standardised_state(self, inputs: Inputs) -> Tensor | None:
+        if inputs.state is None:
+            return None
+        return (inputs.state - self.normalizer.state_mean) / self.normalizer.state_std
+
     def features(self, inputs: Inputs) -> TrunkOutput:
-        state = None
-        if inputs.state is not None:
-            state = (inputs.state - self.normalizer.state_mean) / self.normalizer.state_std
+        state = self.standardised_state(inputs)
         lang = self.trunk.encode_instructions(inputs.instructions)
         images, *extra = ((view - self.pixel_mean) / self.pixel_std
                           for view in (inputs.images, *inputs.extra_views))
-        return self.trunk(images, lang, state, extra)
+        return self.trunk(images, lang, state, extra, raw_state=inputs.state,
+                          shifts=inputs.shifts)
 
     # ---- training -------------------------------------------------------------------------
     def forward(self, batch: dict[str, Any]) -> tuple[Tensor, Metrics]:
@@ -175,12 +181,17 @@ class VLAPolicy(nn.Module):
             pos_t, pixel_t = (None if batch.get(key) is None else torch.as_tensor(
                 np.asarray(batch[key], dtype=np.float32), device=self.device)
                 for key in ("target_pos", "target_pixel"))
-            g_loss, g_metrics = self.grounding.loss(out.features, pos_t, batch.get("target"),
+            # Where the head reads no image features, the grounding head's class and position
+            # losses cannot reach perception; they are kept off the control features too.
+            feats = out.features if self.trunk.images_to_head else out.features.detach()
+            g_loss, g_metrics = self.grounding.loss(feats, pos_t, batch.get("target"),
                                                     out.target_map, pixel_t)
             total = total + aux.grounding_weight * g_loss
             metrics.update(grounding_loss=g_loss.item(), **g_metrics)
         if self.grounding is not None:
             total = total + aux.grounding_weight * self._view_map_losses(batch, out, metrics)
+        if out.target_height is not None and batch.get("target_pos") is not None:
+            total = total + aux.grounding_weight * self._height_loss(batch, out, metrics)
         if self.contrastive is not None and inputs.batch_size > 1:
             c_loss, c_metrics = self.contrastive.loss(out.vision, out.language,
                                                       inputs.instructions)
@@ -204,6 +215,21 @@ class VLAPolicy(nn.Module):
             metrics[f"{view}_map_loss"] = loss.item()
             metrics.update({f"{view}_{k}": v for k, v in view_metrics.items()})
         return total
+
+    def _height_loss(self, batch: dict[str, Any], out: TrunkOutput, metrics: Metrics
+                     ) -> Tensor:
+        """The geometry's target height against the target's true z, over the rows that have
+        a target position: Huber in cm, so that hard rows (an object lifted in the gripper)
+        pull on the shared image features no harder than the target maps' own loss does."""
+        assert out.target_height is not None
+        true_z = torch.as_tensor(np.asarray(batch["target_pos"], dtype=np.float32),
+                                 device=self.device)[:, 2]
+        known = torch.isfinite(true_z)
+        if not known.any():
+            return out.target_height.new_zeros(())
+        error = out.target_height.float()[known] - true_z[known]
+        metrics["target_height_error_m"] = error.abs().mean().item()
+        return F.smooth_l1_loss(error / HEIGHT_UNIT_M, torch.zeros_like(error), beta=1.0)
 
     # ---- inference ------------------------------------------------------------------------
     def _member_predictions(self, feats: Tensor) -> Tensor:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vla_gym.policies.configuration import VLAConfig
-from vla_gym.types import IMAGE, INSTRUCTION, STATE
+from vla_gym.types import IMAGE, INSTRUCTION, STATE, shift_key
 
 
 class ObservationError(ValueError):
@@ -31,6 +31,9 @@ class Inputs:
     instructions: list[str]
     state: Tensor | None  # (B, D) float32, not yet standardised
     extra_views: tuple[Tensor, ...] = ()  # config.extra_views, each like ``images``
+    # Training batches only: per view, how far augmentation moved each image's content,
+    # (B, 2) (column, row) fractions, under the key ``shift_key(view)``.
+    shifts: dict[str, Tensor] | None = None
 
     @property
     def batch_size(self) -> int:
@@ -136,7 +139,10 @@ def preprocess(obs: Any, config: VLAConfig, device: torch.device) -> Inputs:
     size = config.vision.image_size
     extra = tuple(images_to_tensor(check_images(obs[key], config, key, len(images)), size, device)
                   for key in config.extra_views)
-    return Inputs(images_to_tensor(images, size, device), texts, state, extra)
+    shifts = {view: torch.as_tensor(np.asarray(obs[shift_key(view)], dtype=np.float32),
+                                    device=device)
+              for view in config.views if shift_key(view) in obs} or None
+    return Inputs(images_to_tensor(images, size, device), texts, state, extra, shifts)
 
 
 def add_batch_dim(obs: Any) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from vla_gym.interrupts import StopRequest
 from vla_gym.training.augment import random_shift
 from vla_gym.training.checkpoints import latest_checkpoint, load_trainer_state, save_checkpoint
 from vla_gym.training.demos import LEARNER_SEEDS, Demos, learner_episodes
-from vla_gym.types import pixel_label, state_indices_without_velocities
+from vla_gym.types import pixel_label, shift_key, state_indices_without_velocities
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -68,12 +68,24 @@ class BCConfig:
     # 1.5x faster (benchmarks/bench_bc_step.py), so a time budget buys more steps; elsewhere
     # it can be slower.
     precision: str = "fp32"
+    # Lift each camera's target map onto the table for the action head, with the cameras'
+    # calibration read from the demos' env (``vla_gym.policies.geometry``; tabletop ids, and
+    # it needs grounding_weight > 0 to train the maps).
+    target_geometry: bool = False
+    # After training: re-initialise the head (state MLP, final MLP, action head) and fit it
+    # for this many steps on the frozen trunk's perception of the demos, un-augmented
+    # (``vla_gym.training.refit``; 0 = off). Counted in train_seconds, not in time_budget_s.
+    refit_head_steps: int = 0
+    refit_batch_size: int = 256
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_episodes", "eval_num_envs",
                      "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"BCConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.refit_head_steps < 0 or self.refit_batch_size < 1:
+            raise ValueError(f"BCConfig.refit_head_steps must be >= 0 and refit_batch_size "
+                             f">= 1, got {self.refit_head_steps}, {self.refit_batch_size}")
         if self.lr <= 0:
             raise ValueError(f"BCConfig.lr must be > 0, got {self.lr}")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
@@ -98,6 +110,7 @@ class BCResult:
     evaluations: list[dict[str, Any]] = field(default_factory=list)
     train_seconds: float = 0.0
     dagger_seconds: float = 0.0  # spent on DAgger rollouts, not counted in train_seconds
+    refit: dict[str, Any] | None = None  # the head refit's figures (RefitResult), if any
 
 
 def build_policy(demos: Demos, config: BCConfig) -> Any:
@@ -111,7 +124,11 @@ def build_policy(demos: Demos, config: BCConfig) -> Any:
     if not config.state_velocities:
         changes["state_indices"] = state_indices_without_velocities(demos.contract,
                                                                     demos.state_dim)
-    changes.update(config.policy_changes)
+    if config.target_geometry:
+        changes["geometry"] = {"cameras": demo_calibration(demos)}
+    for key, value in config.policy_changes.items():  # a section's changes add to ours
+        both = isinstance(value, dict) and isinstance(changes.get(key), dict)
+        changes[key] = {**changes[key], **value} if both else value
     aux: dict[str, Any] = {"grounding_weight": config.grounding_weight,
                            "contrastive_weight": config.contrastive_weight}
     if config.grounding_weight > 0:
@@ -120,6 +137,19 @@ def build_policy(demos: Demos, config: BCConfig) -> Any:
     policy = VLAPolicy(get_config(config.preset, **changes))
     policy.set_normalization(actions=demos.actions, states=demos.states)
     return policy
+
+
+def demo_calibration(demos: Demos) -> dict[str, Any]:
+    """The calibration of every camera the demos recorded, from a fresh env like theirs."""
+    import gymnasium as gym
+
+    from vla_gym.policies.geometry import calibration_from_env
+
+    env = gym.make(demos.env_id, **demos.env_kwargs)
+    try:
+        return calibration_from_env(env, ("image", *demos.views))
+    finally:
+        env.close()
 
 
 def check_demos_fit_policy(demos: Demos, policy: Any) -> None:
@@ -133,6 +163,10 @@ def check_demos_fit_policy(demos: Demos, policy: Any) -> None:
     if missing:
         raise ValueError(f"the policy reads {missing} but the demos have no such images; record "
                          f"them from an env made with cameras={cfg.cameras}")
+    if cfg.geometry.enabled and demos.target_pos is None:
+        raise ValueError("the policy's target geometry learns the target's height from "
+                         "target_pos labels, which these demos lack; record them with "
+                         "vla-gym collect (it keeps info['target_pos'])")
     if cfg.use_state and demos.state_dim != cfg.state_dim:
         raise ValueError(f"the demos' state is {demos.state_dim}-D but the policy expects "
                          f"{cfg.state_dim}-D")
@@ -267,13 +301,15 @@ class BCTrainer:
         demos = demos or self.demos
         index = self.rng.integers(0, len(demos), size or self.config.batch_size)
         batch = demos.batch(index)
-        # each camera shifted independently; where the target is moves with its image
+        # Each camera shifted independently; where the target is moves with its image, and
+        # the move itself goes along (the policy's geometry undoes it).
         for view in self.policy.config.views:
             label = pixel_label(view)
-            pixels = batch.get(label)
-            batch[view], moved = random_shift(batch[view], self.config.shift, self.rng, pixels)
-            if pixels is not None:
-                batch[label] = moved
+            batch[view], moves = random_shift(batch[view], self.config.shift, self.rng,
+                                              np.zeros((len(index), 2), np.float32))
+            batch[shift_key(view)] = moves
+            if batch.get(label) is not None:
+                batch[label] = (np.asarray(batch[label]) + moves).astype(np.float32)
         return batch
 
     def train_step(self) -> dict[str, float]:
@@ -352,6 +388,7 @@ class BCTrainer:
         finally:
             if writer is not None:
                 writer.flush()
+        refit = self._refit_head()
         trained_s = time.perf_counter() - self._started  # periodic evaluations included
         self._log_eval(writer, self.evaluate())
         self.checkpoint()
@@ -359,11 +396,20 @@ class BCTrainer:
         draw_learning_curve(self.history, self.run_dir / "learning_curve.png")
         result = BCResult(self.run_dir, Path(policy_dir), self.step,
                           float(np.mean(losses[-cfg.log_every:])) if losses else float("nan"),
-                          self.evaluations, trained_s, self.dagger_seconds)
+                          self.evaluations, trained_s, self.dagger_seconds, refit)
         self._write_summary(result)
         if writer is not None:
             writer.close()
         return result
+
+    def _refit_head(self) -> dict[str, Any] | None:
+        if not self.config.refit_head_steps:
+            return None
+        from vla_gym.training.refit import refit_head
+
+        return asdict(refit_head(self.policy, self.demos, self.config.refit_head_steps,
+                                 self.config.refit_batch_size, self.config.lr,
+                                 self.config.weight_decay, self.config.seed))
 
     def _log(self, writer: Any, metrics: dict[str, float], losses: list[float]) -> None:
         if self.step % self.config.log_every:
@@ -393,6 +439,7 @@ class BCTrainer:
                    is not None else 0,
                    "steps": result.steps, "final_loss": result.final_loss,
                    "train_seconds": result.train_seconds, "evaluations": result.evaluations,
+                   "refit": result.refit,
                    "dagger": {"rounds": self.dagger_rounds_done,
                               "seconds": result.dagger_seconds,
                               "step": self.history["dagger_step"],

@@ -226,6 +226,29 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
         return [obj.name for obj in task.eligible_targets(self.sim.layout)
                 if obj.name != self.episode.target.name]
 
+    def camera_calibration(self) -> dict[str, dict[str, Any]]:
+        """Each camera's pose and vertical field of view, keyed by its image observation.
+
+        ``{"frame", "pos", "rot", "fovy"}``: the main camera in the world frame; the wrist
+        camera in the end effector's frame, whose pose is the state's ``ee_*`` entries. ``rot``
+        holds the camera's axes (MuJoCo's: it looks down its -z) row-major. Policies lift image
+        points onto the table with it (``vla_gym.policies.geometry``)."""
+        data = mujoco.MjData(self.model)
+        mujoco.mj_forward(self.model, data)  # the home pose; the wrist mount is rigid anyway
+        site = self.sim.robot.config.site_name
+        ee_pos, ee_rot = data.site(site).xpos, data.site(site).xmat.reshape(3, 3)
+        out = {}
+        for camera in CAMERAS:
+            cam = data.camera(camera)
+            pos, rot = cam.xpos, cam.xmat.reshape(3, 3)
+            if self.model.cam_bodyid[cam.id] != 0:  # carried by the arm
+                pos, rot = ee_rot.T @ (pos - ee_pos), ee_rot.T @ rot
+            out[CAMERA_KEYS[camera]] = {
+                "frame": "world" if self.model.cam_bodyid[cam.id] == 0 else "end_effector",
+                "pos": [float(v) for v in pos], "rot": [float(v) for v in rot.flatten()],
+                "fovy": float(self.model.cam_fovy[cam.id])}
+        return out
+
     def step(
         self, action: np.ndarray
     ) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:

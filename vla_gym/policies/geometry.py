@@ -1,0 +1,142 @@
+"""Target geometry: each view's target map lifted onto the table, relative to the gripper.
+
+A target map says *where in the image* the instructed object is; the action an arm needs is
+*where in the world* it is relative to the gripper. Between the two sits the camera's
+projection, which a small action head learns poorly from a few hundred demos. With the
+cameras calibrated (the main camera fixed in the world, the wrist camera fixed on the end
+effector, whose pose the state gives), that step is exact: cast a ray through the map's
+expected pixel and cut it with the horizontal plane at the target's height. The height comes
+from a small regressor on the main view's fused features (which shape the object is sets how
+tall it is), supervised by the target's true position.
+
+What reaches the head, per calibrated view: the lifted target minus the gripper (x, y), in
+decimetres, and the map's peak probability (how sure the map is; a wrist camera often does
+not see the target at all); then the target's height minus the gripper's. Maps and height are
+detached: perception learns from its own labels, the head learns to act on what perception
+says. On pixel-shift-augmented batches each map's pixel is moved back by its image's shift
+before lifting, so the geometry stays that of the real camera.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from vla_gym.policies.configuration import check_calibration
+from vla_gym.policies.fusion import expected_cell_xy
+from vla_gym.types import ARM_STATE_FIELDS
+
+UNIT_M = 0.1  # offsets reach the head in decimetres
+HEIGHT_UNIT_M = 0.01  # the height regressor's output unit (cm): table-top heights differ by cm
+EE_POS = tuple(ARM_STATE_FIELDS.index(f"ee_{a}") for a in "xyz")
+EE_QUAT = tuple(ARM_STATE_FIELDS.index(f"ee_q{a}") for a in "wxyz")
+
+
+def calibration_from_env(env: Any, views: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The calibration of ``views`` from a tabletop env's model (``env.camera_calibration``)."""
+    base = getattr(env, "unwrapped", env)
+    if not hasattr(base, "camera_calibration"):
+        raise ValueError(f"{type(base).__name__} has no calibrated cameras; target geometry "
+                         "needs a tabletop env (an arm with an end effector in its state)")
+    cameras = base.camera_calibration()
+    missing = [v for v in views if v not in cameras]
+    if missing:
+        raise ValueError(f"no calibration for {missing}; the env calibrates {sorted(cameras)}")
+    return {view: cameras[view] for view in views}
+
+
+def quaternion_to_matrix(q: Tensor) -> Tensor:
+    """(B, 4) unit quaternions (w, x, y, z) -> (B, 3, 3) rotation matrices."""
+    q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    w, x, y, z = q.unbind(-1)
+    return torch.stack([
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+    ], dim=-1).view(*q.shape[:-1], 3, 3)
+
+
+def map_pixel(target_map: Tensor) -> Tensor:
+    """(B, 2) image (column, row) in [0, 1] of a target map's expected cell position.
+
+    ``expected_cell_xy`` puts the first and last cell centres at -1 and 1; cell ``i``'s centre
+    is at ``(i + 0.5) / side`` of the image."""
+    side = int(round(target_map.shape[1] ** 0.5))
+    cell = (expected_cell_xy(target_map) + 1) / 2 * (side - 1)
+    return (cell + 0.5) / side
+
+
+class TargetGeometry(nn.Module):
+    """Lifted target offsets for the action head, and the height regressor they need."""
+
+    def __init__(self, cameras: Mapping[str, Mapping[str, Any]], views: Sequence[str],
+                 fused_dim: int) -> None:
+        super().__init__()
+        check_calibration(cameras)
+        self.views = tuple(v for v in views if v in cameras)
+        self.slots = tuple(list(views).index(v) for v in self.views)
+        cals = [cameras[v] for v in self.views]
+        self.register_buffer("pos", torch.tensor([c["pos"] for c in cals], dtype=torch.float32)
+                             .view(-1, 3), persistent=False)
+        self.register_buffer("rot", torch.tensor([c["rot"] for c in cals], dtype=torch.float32)
+                             .view(-1, 3, 3), persistent=False)
+        focal = [0.5 / np.tan(np.radians(float(c["fovy"])) / 2) for c in cals]  # square images
+        self.register_buffer("focal", torch.tensor(focal, dtype=torch.float32), persistent=False)
+        self.on_effector = tuple(c["frame"] == "end_effector" for c in cals)
+        self.height = nn.Linear(fused_dim, 1)
+
+    @property
+    def out_dim(self) -> int:
+        return 3 * len(self.views) + 1
+
+    def predict_height(self, main_fused: Tensor) -> Tensor:
+        """(B,) the target's height in metres (world z of its centre)."""
+        return self.height(main_fused).squeeze(-1) * HEIGHT_UNIT_M
+
+    def forward(self, maps: Sequence[Tensor | None], main_fused: Tensor, state: Tensor,
+                shifts: Mapping[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """``maps``: each view's target-map logits in config.views order; ``state``: the raw
+        (unstandardised) state; ``shifts``: per view, (B, 2) how far augmentation moved the
+        image content, in image fractions. Returns (head features, predicted height)."""
+        height = self.predict_height(main_fused)
+        # Millimetres matter here: no bfloat16 autocast for the ray casting (it moves the
+        # lifted point by ~1 mm).
+        with torch.autocast(device_type=state.device.type, enabled=False):
+            return self._lift(maps, height.detach().float(), state.float(), shifts), height
+
+    def _lift(self, maps: Sequence[Tensor | None], z: Tensor, state: Tensor,
+              shifts: Mapping[str, Tensor] | None) -> Tensor:
+        ee = state[:, list(EE_POS)]
+        ee_rot = quaternion_to_matrix(state[:, list(EE_QUAT)])
+        parts = []
+        for i, (view, slot) in enumerate(zip(self.views, self.slots)):
+            logits = maps[slot]
+            if logits is None:
+                raise ValueError(f"target geometry lifts {view!r} but its fusion has no target "
+                                 "map; use fusion.kind='film'")
+            logits = logits.detach().float()
+            pixel = map_pixel(logits)
+            if shifts is not None and view in shifts:
+                pixel = pixel - shifts[view].to(pixel)
+            ray = torch.stack([(pixel[:, 0] - 0.5) / self.focal[i],
+                               -(pixel[:, 1] - 0.5) / self.focal[i],
+                               -torch.ones_like(pixel[:, 0])], dim=-1)  # camera looks down -z
+            if self.on_effector[i]:
+                origin = ee + (ee_rot @ self.pos[i])
+                direction = ee_rot @ (self.rot[i] @ ray.unsqueeze(-1))
+            else:
+                origin = self.pos[i].expand_as(ee)
+                direction = self.rot[i] @ ray.unsqueeze(-1)
+            direction = direction.squeeze(-1)
+            # A ray that does not point down never meets the plane: treat it as nearly level.
+            down = direction[:, 2].clamp(max=-1e-2)
+            point = origin[:, :2] + ((z - origin[:, 2]) / down).unsqueeze(-1) * direction[:, :2]
+            offset = ((point - ee[:, :2]) / UNIT_M).clamp(-10.0, 10.0)
+            peak = torch.softmax(logits, dim=-1).amax(dim=-1, keepdim=True)
+            parts += [offset, peak]
+        parts.append(((z - ee[:, 2]) / UNIT_M).unsqueeze(-1))
+        return torch.cat(parts, dim=-1)
