@@ -156,13 +156,16 @@ class VLAPolicy(nn.Module):
                                    "the observation keys")
         target = torch.as_tensor(np.asarray(batch["action"]), device=self.device).float()
         out = self.features(inputs)
-        losses = [head.loss(out.features, target, self.normalizer)
-                  for head in self.action_heads]
-        loss = torch.stack([lo for lo, _ in losses]).mean()
-        metrics: Metrics = {"action_loss": loss.item(), **losses[0][1]}
+        loss, metrics = self.action_loss(out.features, target)
         loss = loss + self._aux_losses(batch, inputs, out, metrics)
         metrics["loss"] = loss.item()
         return loss, metrics
+
+    def action_loss(self, feats: Tensor, target: Tensor) -> tuple[Tensor, Metrics]:
+        """The action heads' loss (averaged over an ensemble's members) on trunk features."""
+        losses = [head.loss(feats, target, self.normalizer) for head in self.action_heads]
+        loss = torch.stack([lo for lo, _ in losses]).mean()
+        return loss, {"action_loss": loss.item(), **losses[0][1]}
 
     def auxiliary_loss(self, batch: dict[str, Any]) -> tuple[Tensor, Metrics]:
         """The auxiliary losses alone, for observations without action labels (e.g. grounding

@@ -54,11 +54,7 @@ def encode_perception(policy: Any, demos: Demos) -> tuple[Any, Any, Any]:
 
 
 def _head_loss(policy: Any, perception: Any, state: Any, actions: Any) -> Any:
-    import torch
-
-    feats = policy.trunk.decide(perception, state)
-    return torch.stack([head.loss(feats, actions, policy.normalizer)[0]
-                        for head in policy.action_heads]).mean()
+    return policy.action_loss(policy.trunk.decide(perception, state), actions)[0]
 
 
 def refit_head(policy: Any, demos: Demos, steps: int, batch_size: int = 256, lr: float = 1e-3,
