@@ -373,7 +373,7 @@ def test_cli_target_geometry_needs_the_grounding_loss(tmp_path):
 
 def test_refit_head_fits_the_head_on_frozen_perception_and_leaves_perception_alone(
         pick_demos, tmp_path):
-    from vla_gym.training.refit import refit_head
+    from vla_gym.training.refit import encode_perception, refit_head
 
     trainer = BCTrainer(pick_demos, tmp_path, _config(steps=10))
     for _ in range(10):
@@ -386,6 +386,12 @@ def test_refit_head_fits_the_head_on_frozen_perception_and_leaves_perception_alo
     # Ten end-to-end steps leave the head far from the demos; 300 steps on cached
     # features bring the un-augmented action loss well below where it started.
     assert result.final_loss < 0.5 * result.initial_loss, result
+    # The standardisation folded into the final MLP: the policy's own forward pass on raw
+    # perception has the refitted loss.
+    perception, state, actions = encode_perception(policy, pick_demos)
+    with torch.no_grad():
+        folded = policy.action_loss(policy.trunk.decide(perception, state), actions)[0].item()
+    assert folded < 1.5 * result.final_loss, (folded, result)
     assert all(torch.equal(v, policy.trunk.vision.state_dict()[k]) for k, v in vision.items())
     assert not all(torch.equal(a, b) for a, b in zip(head, policy.action_heads[0].parameters()))
     action = policy.act({k: v[0] for k, v in pick_demos.batch(np.array([0])).items()

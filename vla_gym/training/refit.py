@@ -57,8 +57,22 @@ def _head_loss(policy: Any, perception: Any, state: Any, actions: Any) -> Any:
     return policy.action_loss(policy.trunk.decide(perception, state), actions)[0]
 
 
+def _fold_standardisation(policy: Any, mean: Any, std: Any) -> None:
+    """Make the final MLP's first layer read raw perception as it read standardised:
+    W (x - m) / s + b = (W / s) x + (b - W m / s)."""
+    import torch
+
+    first = next(m for m in policy.trunk.out.modules() if isinstance(m, torch.nn.Linear))
+    width = mean.shape[0]
+    with torch.no_grad():
+        w = first.weight[:, :width] / std
+        first.bias -= w @ mean
+        first.weight[:, :width] = w
+
+
 def refit_head(policy: Any, demos: Demos, steps: int, batch_size: int = 256, lr: float = 1e-3,
-               weight_decay: float = 1e-4, seed: int = 0) -> RefitResult:
+               weight_decay: float = 1e-4, seed: int = 0, standardise: bool = True
+               ) -> RefitResult:
     """Re-initialise and refit ``policy``'s decision modules and action head(s) on its frozen
     perception of ``demos``, in place. Steps follow a cosine learning-rate decay."""
     import torch
@@ -76,6 +90,12 @@ def refit_head(policy: Any, demos: Demos, steps: int, batch_size: int = 256, lr:
         for layer in module.modules():
             if hasattr(layer, "reset_parameters"):
                 layer.reset_parameters()
+    # Standardised perception (image features, lifted offsets and peak probabilities differ
+    # in scale by orders of magnitude); folded into the final MLP's first layer afterwards,
+    # so the policy's forward pass is unchanged.
+    mean, std = perception.mean(dim=0), perception.std(dim=0).clamp_min(1e-3)
+    if standardise:
+        perception = (perception - mean) / std
     params = [p for module in modules for p in module.parameters()]
     optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
@@ -93,6 +113,8 @@ def refit_head(policy: Any, demos: Demos, steps: int, batch_size: int = 256, lr:
         schedule.step()
         if step >= steps - max(1, math.ceil(steps / 10)):
             tail.append(float(loss.item()))
+    if standardise:
+        _fold_standardisation(policy, mean, std)
     policy.eval()
     return RefitResult(steps, len(actions), initial, float(np.mean(tail)),
                        time.perf_counter() - started)
