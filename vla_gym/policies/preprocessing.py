@@ -139,9 +139,11 @@ def preprocess(obs: Any, config: VLAConfig, device: torch.device) -> Inputs:
     size = config.vision.image_size
     extra = tuple(images_to_tensor(check_images(obs[key], config, key, len(images)), size, device)
                   for key in config.extra_views)
+    # Only a policy with target geometry reads the augmentation's shifts.
     shifts = {view: torch.as_tensor(np.asarray(obs[shift_key(view)], dtype=np.float32),
                                     device=device)
-              for view in config.views if shift_key(view) in obs} or None
+              for view in config.views
+              if config.geometry.enabled and shift_key(view) in obs} or None
     return Inputs(images_to_tensor(images, size, device), texts, state, extra, shifts)
 
 

@@ -241,10 +241,11 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
         for camera in CAMERAS:
             cam = data.camera(camera)
             pos, rot = cam.xpos, cam.xmat.reshape(3, 3)
-            if self.model.cam_bodyid[cam.id] != 0:  # carried by the arm
+            on_arm = self.model.cam_bodyid[cam.id] != 0  # not on the world body
+            if on_arm:
                 pos, rot = ee_rot.T @ (pos - ee_pos), ee_rot.T @ rot
             out[CAMERA_KEYS[camera]] = {
-                "frame": "world" if self.model.cam_bodyid[cam.id] == 0 else "end_effector",
+                "frame": "end_effector" if on_arm else "world",
                 "pos": [float(v) for v in pos], "rot": [float(v) for v in rot.flatten()],
                 "fovy": float(self.model.cam_fovy[cam.id])}
         return out
