@@ -113,6 +113,24 @@ def test_rl_actor_starts_as_the_bc_policy_and_exports_back(tiny_bc, algo, tmp_pa
         np.testing.assert_allclose(exported.predict(_batch(raw)), after, atol=1e-5)
 
 
+@pytest.mark.parametrize("algo", ["ppo", "sac"])
+def test_rl_without_a_tensorboard_dir_leaves_nothing_in_the_temp_dir(tiny_bc, algo, tmp_path,
+                                                                     monkeypatch):
+    import tempfile
+
+    scratch = tmp_path / "system_tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    policy = VLAPolicy.from_pretrained(tiny_bc).eval()
+    venv = make_rl_env(PICK, ENV_KWARGS, policy, None, 0.0, n_envs=2, seed=0)
+    model = build_model(policy, venv, RLConfig(algo=algo, n_steps=16, batch_size=16))
+    model.learn(32)
+    model.learn(32, reset_num_timesteps=False)
+    assert model.num_timesteps >= 64
+    # (torch may keep its compile cache there; that is torch's, not a per-run folder)
+    assert [p.name for p in scratch.iterdir() if p.name.startswith("SB3")] == []
+
+
 def test_rl_actor_of_a_target_geometry_policy_starts_at_its_bc_actions(tiny_bc, tmp_path):
     """The RL features extractor hands the trunk raw state; the geometry must read the
     gripper's pose from it exactly as the BC policy does from its unstandardised input."""

@@ -27,6 +27,7 @@ import numpy as np
 import stable_baselines3 as sb3
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.policies import MultiInputActorCriticPolicy
 from stable_baselines3.common.torch_layers import MlpExtractor
 from torch import Tensor, nn
@@ -234,8 +235,13 @@ def build_model(policy: Any, venv: Any, rl: RLConfig, tb_dir: Path | None = None
                         n_epochs=rl.n_epochs, gae_lambda=rl.gae_lambda, clip_range=rl.clip_range,
                         target_kl=rl.target_kl, ent_coef=0.0, policy_kwargs=kwargs, **common)
         init_from_bc(model.policy, policy)
-        return model
-    return _build_sac(policy, venv, rl, kwargs, common)
+    else:
+        model = _build_sac(policy, venv, rl, kwargs, common)
+    if tb_dir is None:
+        # Without a logger of its own, SB3's learn() makes an empty SB3-<date> folder in the
+        # system temp dir on every call; this one keeps the values and writes nothing.
+        model.set_logger(Logger(folder=None, output_formats=[]))
+    return model
 
 
 def _build_sac(policy: Any, venv: Any, rl: RLConfig, kwargs: dict[str, Any],
