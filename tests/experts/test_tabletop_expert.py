@@ -72,6 +72,42 @@ def test_expert_grasps_again_after_a_missed_grasp(family):
     env.close()
 
 
+@pytest.mark.parametrize("family", ["Pick", "Stack"])
+def test_expert_lifts_as_soon_as_the_fingers_settle_on_the_object(family):
+    """Closing starts within CLOSE_WITHIN of the grasp point and there is no timed hold after
+    it: each closed, motionless grasp state is labelled "lift" at once, so the labels stay a
+    function of the state a cloned policy sees."""
+    from vla_gym.experts.tabletop import CLOSE_STEPS, CLOSE_WITHIN, FINGERS_SETTLED
+
+    env = gym.make(f"vla_gym/Tabletop{family}-v0", obs_mode="state")
+    base = env.unwrapped
+    expert = make_expert(env)
+    for seed in range(4):
+        obs, _ = env.reset(seed=seed)
+        slot = base.episode.target.slot
+        closing = 0
+        while True:
+            action = expert.act(obs)
+            if action[6] > 0 and action[2] > 0.5:  # closed and rising: the lift
+                break
+            if action[6] > 0:
+                closing += 1
+                if closing == 1:  # closing starts near the grasp point, still closing in on it
+                    offset = (expert._grasp_point(slot, base.episode.target.shape)
+                              - base.sim.ee_pos())
+                    assert np.linalg.norm(offset) < CLOSE_WITHIN
+                    assert np.linalg.norm(offset) < 0.002 or action[:3] @ offset > 0
+                # while it waits, the fingers are still on their way (or not on the object)
+                assert (base.sim.robot.gripper_speed(base.data) >= FINGERS_SETTLED
+                        or not base.sim.is_grasping(slot))
+            obs, _, terminated, truncated, _ = env.step(action)
+            assert not (terminated or truncated), "the episode ended before the lift"
+        assert 1 <= closing <= CLOSE_STEPS
+        assert base.sim.is_grasping(slot)
+        assert base.sim.robot.gripper_speed(base.data) < FINGERS_SETTLED
+    env.close()
+
+
 def test_expert_beats_random_by_far():
     env = gym.make("vla_gym/TabletopPick-v0", obs_mode="state")
     env.reset(seed=0)

@@ -31,7 +31,17 @@ HOVER = 0.10  # m above the object's top before descending
 FUNNEL_SLOPE = 2.0
 CARRY_Z = 0.16  # m: transport height for place and stack
 GRASP_DEPTH = 0.012  # m the grasp point sits below the object's top (capped at its centre)
-CLOSE_STEPS = 8
+# The gripper starts closing this far from the grasp point and goes on closing in on it while the
+# fingers travel. Closing only once there leaves the state a policy comes to rest in (open, on
+# the grasp point) labelled "open" by every approach step that passes it and "close" once, and a
+# cloned policy that stops a few millimetres off then waits there with the gripper open.
+CLOSE_WITHIN = 0.012  # m
+CLOSE_STEPS = 8  # at most: the lift starts as soon as the fingers have settled on the object
+# The fingers have settled on the object once the gripper opening changes slower than this.
+# Lifting then, rather than after a fixed count of still steps, keeps the action a function of
+# what a policy sees: after a timed hold the same closed, motionless state is labelled "wait"
+# several times and "lift" once, and a cloned policy averages that to hardly lifting at all.
+FINGERS_SETTLED = 0.005  # m/s
 OPEN_STEPS = 6
 PUSH_Z = 0.02
 PUSH_CLEARANCE_Z = 0.15  # m: travel height when (re)approaching, above every object's top
@@ -63,6 +73,8 @@ class Waypoint:
     # steps in a row.
     keep: Callable[[], bool] | None = None
     patience: int = 1
+    # Done before ``hold`` steps once this holds (``hold`` is then a cap).
+    until: Callable[[], bool] | None = None
 
 
 def _wrap(angle: float) -> float:
@@ -137,12 +149,17 @@ class TabletopExpert:
         self._lift_from = None
         aligned = lambda: bool(np.linalg.norm(grasp() - self.sim.ee_pos()) < GRASP_SLACK)  # noqa: E731
         return [
-            Waypoint(lambda: self._funnel(grasp()), OPEN, tol=0.006, yaw=yaw),
-            Waypoint(lambda: self.sim.ee_pos(), CLOSE, tol=1.0, hold=CLOSE_STEPS, yaw=yaw,
-                     keep=aligned),
+            Waypoint(lambda: self._funnel(grasp()), OPEN, tol=CLOSE_WITHIN, yaw=yaw),
+            Waypoint(grasp, CLOSE, tol=1.0, hold=CLOSE_STEPS, yaw=yaw,
+                     keep=aligned, until=lambda: self._fingers_settled_on(slot)),
             Waypoint(lambda: self._fixed_xy_at(CARRY_Z), CLOSE, tol=0.01, yaw=yaw,
                      keep=self._in_hand, patience=MISSED_GRASP_STEPS),
         ]
+
+    def _fingers_settled_on(self, slot: str) -> bool:
+        """Both pads on the object and the fingers no longer closing."""
+        return (self.sim.robot.gripper_speed(self.sim.data) < FINGERS_SETTLED
+                and self.sim.is_grasping(slot))
 
     def _in_hand(self) -> bool:
         assert self._episode is not None
@@ -209,7 +226,9 @@ class TabletopExpert:
             reached = float(np.linalg.norm(error)) < waypoint.tol
             if reached:
                 self._held += 1
-            if reached and self._held > waypoint.hold and len(self._plan) > 1:
+            done = self._held > waypoint.hold or (waypoint.until is not None
+                                                  and waypoint.until())
+            if reached and done and len(self._plan) > 1:
                 self._plan.pop(0)
                 self._held = 0
                 continue

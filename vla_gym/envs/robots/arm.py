@@ -253,6 +253,10 @@ class ArmRobot:
         """Distance between the inner faces of the two finger pads, in metres."""
         return float(data.qpos[self._fqadr[0]] + data.qpos[self._fqadr[1]])
 
+    def gripper_speed(self, data: mujoco.MjData) -> float:
+        """How fast the gripper opening changes (m/s, either way)."""
+        return abs(float(data.qvel[self._fdadr[0]] + data.qvel[self._fdadr[1]]))
+
     def is_grasping(self, data: mujoco.MjData, body_id: int) -> bool:
         """True when both finger pads touch geoms of ``body_id``."""
         model = self._require_model()
