@@ -72,7 +72,9 @@ def run_one(env_id: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     if args.geometry_only_head:
         changes["geometry"] = {"image_features_to_head": False}
     if args.head_dropout:
-        changes["head"] = {"dropout": args.head_dropout}
+        changes.setdefault("head", {})["dropout"] = args.head_dropout
+    if args.binary_gripper and has_gripper:
+        changes.setdefault("head", {})["binary_gripper"] = True
     config = BCConfig(preset=preset_for(env_id, args.preset), steps=args.max_steps,
                       batch_size=args.batch_size, grounding_weight=args.grounding,
                       eval_every=0, eval_episodes=10, time_budget_s=args.time_budget,
@@ -155,6 +157,9 @@ def main() -> None:
     parser.add_argument("--refit-head-steps", type=int, default=0,
                         help="after training, refit the head this many steps on the frozen "
                              "perception (counted in train_seconds, not --time-budget)")
+    parser.add_argument("--binary-gripper", action="store_true",
+                        help="tabletop ids: the policy commands the gripper fully open or "
+                             "closed, by the sign of its prediction (head.binary_gripper)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="training forward passes in float32 or bfloat16 autocast")
     parser.add_argument("--eval-episodes", type=int, default=100)

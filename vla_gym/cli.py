@@ -125,6 +125,10 @@ def train_bc_command(
         0, "--refit-head-steps", min=0,
         help="After training, re-initialise the action head and fit it this many steps on the "
              "frozen perception of the demos, un-augmented (0 = off)."),
+    binary_gripper: bool = typer.Option(
+        False, "--binary-gripper",
+        help="Command the gripper fully open or closed, by the sign of the prediction "
+             "(actions with a 'grip' dimension)."),
     resume: bool = typer.Option(False, "--resume", help="Continue RUN's latest checkpoint."),
 ):
     """Behaviour cloning on recorded demos; evaluates in the env as it goes."""
@@ -137,7 +141,8 @@ def train_bc_command(
                       time_budget_s=time_budget, state_velocities=state_velocities,
                       dagger_episodes=dagger_episodes, dagger_rounds=dagger_rounds,
                       precision=precision, target_geometry=target_geometry,
-                      refit_head_steps=refit_head_steps)
+                      refit_head_steps=refit_head_steps,
+                      policy_changes={"head": {"binary_gripper": True}} if binary_gripper else {})
     if target_geometry and grounding <= 0:
         raise typer.BadParameter("--target-geometry lifts target maps that the grounding loss "
                                  "trains; set --grounding to a weight > 0 (e.g. 1.0)",

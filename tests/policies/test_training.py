@@ -143,3 +143,27 @@ def test_bilinear_cell_weights_are_a_distribution_centred_on_the_position():
     assert torch.allclose(expected[0], torch.tensor([1.9, 4.3]), atol=1e-5)
     assert torch.allclose(expected[1], torch.tensor([0.0, 0.0]), atol=1e-5)
     assert torch.allclose(expected[2], torch.tensor([7.0, 0.0]), atol=1e-5)
+
+
+def test_binary_gripper_commands_the_gripper_fully_open_or_closed(tabletop_batch):
+    obs = obs_only(tabletop_batch)
+    config = tiny_config(uncertainty={"method": "ensemble", "members": 2})
+    plain = VLAPolicy(config).eval()
+    binary = VLAPolicy(config.replace(head={"binary_gripper": True})).eval()
+    binary.load_state_dict(plain.state_dict())
+    raw, out = plain.predict(obs), binary.predict(obs)
+    np.testing.assert_array_equal(out[:, :6], raw[:, :6])
+    np.testing.assert_array_equal(out[:, 6], np.where(raw[:, 6] > 0, 1.0, -1.0))
+    assert set(np.unique(raw[:, 6])) - {-1.0, 1.0}  # the raw predictions were in between
+    # the fallback's own command stands (a hold at 0 is not turned into "open")
+    stop = VLAPolicy(config.replace(head={"binary_gripper": True},
+                                    uncertainty={"threshold": 0.0}))
+    np.testing.assert_array_equal(stop.predict(obs), 0.0)
+
+
+@pytest.mark.parametrize("changes", [{"action": "base_velocity"},
+                                     {"head": {"kind": "discrete", "binary_gripper": True}}])
+def test_binary_gripper_needs_a_gripper_and_a_continuous_action(changes):
+    head = changes.pop("head", {"binary_gripper": True})
+    with pytest.raises(ValueError, match="binary_gripper needs .*'grip' dimension"):
+        get_config("small", head=head, **changes)

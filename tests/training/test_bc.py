@@ -148,9 +148,12 @@ def test_cli_collect_then_train_bc_then_rollout_the_checkpoint(tmp_path):
               "--eval-every", "0", "--eval-episodes", "1", "--grounding-scenes", "1"]
     refused = runner.invoke(app, [*scenes, "--out", str(tmp_path / "refused")])
     assert refused.exit_code == 2 and "--grounding" in refused.output
-    result = runner.invoke(app, [*scenes, "--grounding", "1.0", "--out", str(tmp_path / "g")])
+    result = runner.invoke(app, [*scenes, "--grounding", "1.0", "--binary-gripper",
+                                 "--out", str(tmp_path / "g")])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "g" / "summary.json").read_text())
+    assert json.loads((tmp_path / "g" / "policy" / "config.json").read_text()
+                      )["head"]["binary_gripper"] is True
     # one scene, each object approached, a frame every APPROACH_EVERY steps
     assert summary["grounding_frames"] >= 2 * (APPROACH_STEPS // APPROACH_EVERY + 1)
     out = tmp_path / "r.json"

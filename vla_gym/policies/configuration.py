@@ -127,6 +127,10 @@ class HeadConfig:
     hidden: int = 256
     layers: int = 2
     dropout: float = 0.0
+    # The action's "grip" dimension goes out as -1 or 1 (open or closed, by the sign of the
+    # prediction). Experts command the gripper fully open or fully closed; a regressed command
+    # in between half-closes the fingers, which neither holds an object nor clears it.
+    binary_gripper: bool = False
 
     def __post_init__(self) -> None:
         _choice("head", "kind", self.kind, HEAD_KINDS)
@@ -279,6 +283,12 @@ class VLAConfig:
             _choice("config", "views", view, tuple(CAMERA_OF_VIEW))
         if self.geometry.enabled:
             self._check_geometry()
+        if self.head.binary_gripper and ("grip" not in self.contract.dims
+                                         or self.head.kind == "discrete"):
+            raise ValueError(f"head.binary_gripper needs a continuous or binned head over an "
+                             f"action with a 'grip' dimension; this config has head kind "
+                             f"{self.head.kind!r} and action {self.action!r} "
+                             f"{self.contract.dims}")
         if self.finetune.vision == "lora" and self.vision.kind == "cnn":
             raise ValueError("finetune.vision='lora' needs a transformer vision encoder "
                              "('vit' or 'clip'), not 'cnn'")

@@ -274,6 +274,10 @@ class VLAPolicy(nn.Module):
     def _predict(self, obs_batch: Any) -> PolicyOutput:
         out = self.features(self.preprocess(obs_batch))
         action, uncertainty = self.action_heads[0].aggregate(self._member_predictions(out.features))
+        if self.config.head.binary_gripper:  # before the fallback, which keeps its own command
+            grip = self.config.contract.dims.index("grip")
+            action = action.clone()
+            action[:, grip] = torch.where(action[:, grip] > 0, 1.0, -1.0).to(action.dtype)
         threshold = self.config.uncertainty.threshold
         use_fallback = torch.zeros_like(uncertainty, dtype=torch.bool)
         if threshold is not None:
