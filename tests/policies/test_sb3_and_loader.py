@@ -14,8 +14,13 @@ sb3 = pytest.importorskip("stable_baselines3")
 
 
 @pytest.mark.parametrize("mode", ["tokens", "embedding"])
-def test_ppo_updates_the_vla_extractor(mode):
+def test_ppo_updates_the_vla_extractor(mode, tmp_path, monkeypatch):
+    import tempfile
+
     from vla_gym.policies.sb3 import VLAFeaturesExtractor, make_sb3_env, sb3_policy_kwargs
+
+    # Plain SB3 with its default logger makes an SB3-<date> folder in the temp dir per learn()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
     config = get_config("small", vision={"image_size": 32})
     env = make_sb3_env("vla_gym/TabletopPick-v0", config=config, mode=mode, image_size=32)
