@@ -2,7 +2,8 @@
 
     python benchmarks/pick_failure_modes.py --policy RUN/TabletopPick-v0/policy --episodes 150
 
-Episode j starts from ``reset(seed=100_000 + j)``, the seeds ``bench_bc.py`` evaluates on. The
+Episode j starts from ``reset(seed=EVAL_SEED + j)``, the seeds ``bench_bc.py`` evaluates on, in
+an env made with the policy's image size and cameras. The
 categories, first match wins: success; never closed (the gripper never got a closing command);
 grasped another object; grasped the target but never lifted it (or lost it); closed on nothing.
 For each, the median offset of the gripper from the target's centre when it first closed
@@ -19,12 +20,12 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from bench_bc import EVAL_SEED  # the bench's unseen scenes (this folder is on sys.path)
 
 import vla_gym  # noqa: F401  (registers the env ids)
 from vla_gym.jsonfile import write_json
-from vla_gym.rollout import wilson_interval
+from vla_gym.rollout import policy_env_kwargs, wilson_interval
 
-EVAL_SEED = 100_000
 ORDER = ("success", "never closed", "grasped another object",
          "grasped the target, not lifted", "closed on nothing")
 
@@ -33,6 +34,7 @@ def run_episode(policy: Any, env: gym.Env, seed: int) -> dict[str, Any]:
     base = env.unwrapped
     obs, info = env.reset(seed=seed)
     policy.reset()
+    grip = base.action_contract.grip_index
     target = base.episode.target.slot
     others = [o.slot for o in base.sim.layout.objects if o.slot != target]
     closes, first_close, closing = 0, None, False
@@ -40,12 +42,12 @@ def run_episode(policy: Any, env: gym.Env, seed: int) -> dict[str, Any]:
     done = False
     while not done:
         action = policy.act(obs)
-        if action[6] > 0 and not closing:
+        if action[grip] > 0 and not closing:
             closes += 1
             if first_close is None:
                 offset = base.sim.ee_pos() - info["target_pos"]
                 first_close = {"xy_m": float(np.linalg.norm(offset[:2])), "z_m": float(offset[2])}
-        closing = bool(action[6] > 0)
+        closing = bool(action[grip] > 0)
         obs, _, terminated, truncated, info = env.step(action)
         held_target |= base.sim.is_grasping(target)
         held_other |= any(base.sim.is_grasping(slot) for slot in others)
@@ -88,8 +90,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--policy", type=Path, required=True, help="a saved policy directory")
     parser.add_argument("--episodes", type=int, default=150)
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--cameras", nargs="+", default=["main", "wrist"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -100,8 +100,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     policy = VLAPolicy.from_pretrained(args.policy).eval()
-    env = gym.make("vla_gym/TabletopPick-v0", image_size=args.image_size,
-                   cameras=tuple(args.cameras))
+    env = gym.make("vla_gym/TabletopPick-v0", image_size=policy.config.vision.image_size,
+                   **policy_env_kwargs(policy))
     episodes = [run_episode(policy, env, EVAL_SEED + j) for j in range(args.episodes)]
     env.close()
     result = {"policy": str(args.policy), **summarise(episodes), "per_episode": episodes}

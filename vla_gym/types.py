@@ -90,6 +90,11 @@ class ActionContract:
         return len(self.dims)
 
     @property
+    def grip_index(self) -> int | None:
+        """Where the action holds the gripper command, or None for robots without one."""
+        return self.dims.index("grip") if "grip" in self.dims else None
+
+    @property
     def low(self) -> np.ndarray:
         return -np.ones(self.dim, dtype=np.float32)
 

@@ -283,7 +283,7 @@ class VLAConfig:
             _choice("config", "views", view, tuple(CAMERA_OF_VIEW))
         if self.geometry.enabled:
             self._check_geometry()
-        if self.head.binary_gripper and ("grip" not in self.contract.dims
+        if self.head.binary_gripper and (self.contract.grip_index is None
                                          or self.head.kind == "discrete"):
             raise ValueError(f"head.binary_gripper needs a continuous or binned head over an "
                              f"action with a 'grip' dimension; this config has head kind "

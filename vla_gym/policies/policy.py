@@ -54,6 +54,8 @@ class VLAPolicy(nn.Module):
         super().__init__()
         self.config = config
         self.is_quantized = False
+        # The action column sent out fully open or closed (head.binary_gripper), or None.
+        self._binary_grip = config.contract.grip_index if config.head.binary_gripper else None
         with torch.random.fork_rng(devices=[]):  # same seed, same weights; global RNG untouched
             torch.manual_seed(config.seed)
             self._build(config, Path(base_dir) if base_dir else None)
@@ -274,8 +276,8 @@ class VLAPolicy(nn.Module):
     def _predict(self, obs_batch: Any) -> PolicyOutput:
         out = self.features(self.preprocess(obs_batch))
         action, uncertainty = self.action_heads[0].aggregate(self._member_predictions(out.features))
-        if self.config.head.binary_gripper:  # before the fallback, which keeps its own command
-            grip = self.config.contract.dims.index("grip")
+        grip = self._binary_grip
+        if grip is not None:  # before the fallback, which keeps its own command
             action = action.clone()
             action[:, grip] = torch.where(action[:, grip] > 0, 1.0, -1.0).to(action.dtype)
         threshold = self.config.uncertainty.threshold

@@ -439,10 +439,10 @@ def _with_noise(action: np.ndarray, contract: ActionContract, noise: float,
 def _grip_index(contract: ActionContract, needed_by: str) -> int:
     """Where ``contract``'s action holds the gripper command; ``needed_by`` names the caller
     in the error for robots without one."""
-    if "grip" not in contract.dims:
+    if contract.grip_index is None:
         raise ValueError(f"{needed_by} need an action with a 'grip' dimension; "
                          f"{contract.name!r} has {contract.dims}")
-    return contract.dims.index("grip")
+    return contract.grip_index
 
 
 class _GraspKnock:
