@@ -72,7 +72,10 @@ def _env_stepper(env_id: str):
 
 def _raw_stepper(env_id: str):
     """(step function, env): the env's compiled model stepped and rendered with no env around
-    it, by the env's own renderer (one GL context, the same settings)."""
+    it, through MuJoCo's own ``mujoco.Renderer`` API (``update_scene`` + ``render``) on the
+    env's renderer: one GL context, the same buffer size and settings. The env draws the same
+    bytes through the C calls behind that API (``vla_gym.envs.rendering``), which is part of
+    what is measured."""
     import gymnasium as gym
     import mujoco
 
@@ -82,12 +85,13 @@ def _raw_stepper(env_id: str):
     env.reset(seed=0)
     base = env.unwrapped
     model, data, frame_skip = base.model, base.data, base.frame_skip
-    renderer = base.renderers.obs_renderer()
+    renderer = base.renderers.obs_renderer().mujoco_renderer
     camera = base.observation_camera
 
     def step():
         mujoco.mj_step(model, data, nstep=frame_skip)
-        renderer.render(data, camera)
+        renderer.update_scene(data, camera=camera)
+        renderer.render()
 
     return step, env
 

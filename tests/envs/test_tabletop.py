@@ -128,6 +128,10 @@ def test_out_of_range_actions_are_clipped(env):
     env.reset(seed=0)
     one = env.step(np.ones(7))[0]["state"]
     np.testing.assert_array_equal(big, one)
+    # Finite values so large that their sum overflows are still only clipped.
+    env.reset(seed=0)
+    huge = env.step(np.full(7, 1e308))[0]["state"]
+    np.testing.assert_array_equal(huge, one)
 
 
 def test_unknown_names_list_valid_choices():
@@ -260,3 +264,45 @@ def test_fast_frames_skip_haze_and_use_an_image_sized_buffer():
     assert high.unwrapped.renderers.obs_renderer()._renderer.scene.flags[
         mujoco.mjtRndFlag.mjRND_HAZE]
     high.close()
+
+
+def test_observations_are_the_bytes_of_mujocos_renderer_api():
+    """The env draws through MuJoCo's C calls directly (``rendering._FramePath``); frames
+    must equal ``mujoco.Renderer.update_scene`` + ``render`` on the same renderer, also
+    right after another GL context (here Pusher-v5's) was made current."""
+    env = gym.make("vla_gym/TabletopPick-v0", image_size=48, cameras=("main", "wrist"))
+    other = gym.make("Pusher-v5", render_mode="rgb_array", width=32, height=32)
+    other.reset(seed=0)
+    env.reset(seed=1)
+    base = env.unwrapped
+    reference = base.renderers.obs_renderer().mujoco_renderer
+    previous = None
+    for step in range(4):
+        other.step(other.action_space.sample())
+        assert other.render().shape == (32, 32, 3)
+        obs = env.step(env.action_space.sample())[0]
+        for camera, key in (("main", "image"), ("wrist", "wrist_image")):
+            reference.update_scene(base.data, camera=camera)
+            np.testing.assert_array_equal(obs[key], reference.render(), err_msg=f"{key} {step}")
+        if previous is not None:  # every frame is a fresh array
+            assert not np.shares_memory(obs["image"], previous["image"])
+            assert not np.shares_memory(obs["image"], obs["wrist_image"])
+        previous = obs
+    other.close()
+    env.close()
+
+
+def test_objects_placed_on_the_table_settle_asleep_within_a_few_steps():
+    """Resting objects sleep (no physics cost) until touched; placed touching the table and
+    with ``SLEEP_TOLERANCE`` they get there in 2-3 steps instead of 5-6."""
+    env = gym.make("vla_gym/TabletopPick-v0", obs_mode="state")
+    base = env.unwrapped
+    for seed in range(5):
+        env.reset(seed=seed)
+        slots = [base.sim.slots[obj.slot] for obj in base.sim.layout.objects]
+        for _ in range(3):
+            env.step(np.zeros(7))
+        assert not any(base.data.body_awake[slot.body_id] for slot in slots), seed
+        heights = [base.sim.object_height(obj.slot) for obj in base.sim.layout.objects]
+        assert max(abs(h) for h in heights) < 2e-3  # resting where they were put
+    env.close()

@@ -66,6 +66,7 @@ CAMERA_KEYS = {"main": IMAGE, "wrist": WRIST_IMAGE}
 RESET_OPTIONS = ("task", "target", "instruction")
 OBJECTS = "objects"  # state-mode key: one row per pool slot
 OBJECT_FEATURES = 3 + len(SHAPES) + len(COLOURS) + 1  # pos, shape 1-hot, colour 1-hot, present
+SLEEP_TOLERANCE = 3e-3
 DEFAULT_REWARD_WEIGHTS = {
     "reach": 0.1, "grasp": 0.25, "lift": 0.5, "transport": 0.5, "align": 0.5,
     "push": 1.0, "on_table": 0.05, "success": 2.0,
@@ -147,6 +148,9 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
         if sleep is not None:
             # Objects at rest (and parked slots) sleep until touched: halves physics time.
             model.opt.enableflags |= int(sleep)
+            # At rest means slower than 3 mm/s (MuJoCo's default, 1 mm/s, kept freshly placed
+            # objects awake 5 steps; this way 2; each awake step costs ~4x a quiet one).
+            model.opt.sleep_tolerance = SLEEP_TOLERANCE
         return model, mujoco.MjData(model)
 
     def _make_observation_space(self) -> spaces.Dict:

@@ -183,4 +183,4 @@ class ObjectSlot:
         return data.xpos[self.body_id]
 
     def speed(self, data: mujoco.MjData) -> float:
-        return float(np.linalg.norm(data.qvel[self.qvel_adr : self.qvel_adr + 3]))
+        return math.hypot(*data.qvel[self.qvel_adr : self.qvel_adr + 3].tolist())

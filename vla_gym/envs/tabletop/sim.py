@@ -69,7 +69,7 @@ class TabletopSim:
 
     @staticmethod
     def _table_pose(obj: PlacedObject) -> np.ndarray:
-        z = SHAPE_INFO[obj.shape].rest_height + 1e-4
+        z = SHAPE_INFO[obj.shape].rest_height  # touching the table: settles sooner
         half = obj.yaw / 2
         return np.array([obj.xy[0], obj.xy[1], z, math.cos(half), 0, 0, math.sin(half)])
 
@@ -91,6 +91,11 @@ class TabletopSim:
 
     def ee_pos(self) -> np.ndarray:
         return self.robot.ee_pos(self.data)  # already a copy
+
+    def ee_distance(self, slot: str) -> float:
+        """Distance from the grasp point to the object's origin (plain floats: every step)."""
+        return math.dist(self.robot.ee_pos_view(self.data).tolist(),
+                         self.slots[slot].pos(self.data).tolist())
 
     def is_grasping(self, slot: str) -> bool:
         return self.robot.is_grasping(self.data, self.slots[slot].body_id)

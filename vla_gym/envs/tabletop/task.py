@@ -6,6 +6,7 @@ scores progress with named unweighted reward terms and judges success in ``evalu
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ class Episode:
 
 def closeness(distance: float, scale: float = 0.1) -> float:
     """Bounded shaping term in (0, 1]: 1 at zero distance, ~0.24 at ``scale``."""
-    return float(1.0 - np.tanh(distance / scale))
+    return 1.0 - math.tanh(distance / scale)
 
 
 class TabletopTask(ABC):
@@ -81,7 +82,7 @@ class TabletopTask(ABC):
         )
 
     def reach_term(self, sim: TabletopSim, episode: Episode) -> float:
-        return closeness(float(np.linalg.norm(sim.ee_pos() - sim.object_pos(episode.target.slot))))
+        return closeness(sim.ee_distance(episode.target.slot))
 
     def released_at_rest(self, sim: TabletopSim, slot: str) -> bool:
         return not sim.touching(slot) and sim.object_speed(slot) < SETTLED_SPEED
