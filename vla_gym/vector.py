@@ -126,9 +126,44 @@ class _RecordInfoMixin:
 
 
 class _LocalPart(_RecordInfoMixin, gym.vector.SyncVectorEnv):
+    """The hybrid's in-process envs. ``step`` leaves each env's observation as it came
+    (``rows``, also what ``reset`` leaves there): the hybrid copies each straight into its
+    output batch, where ``SyncVectorEnv`` would first batch them into arrays of its own."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._raw_infos = []
         super().__init__(*args, **kwargs)
+
+    @property
+    def rows(self) -> list[Any]:
+        return self._env_obs
+
+    def step(self, actions: Any) -> tuple[list[Any], np.ndarray, np.ndarray, np.ndarray,
+                                          dict[str, Any]]:
+        """``SyncVectorEnv.step``'s autoreset and results, the observations left unbatched."""
+        mode = self.autoreset_mode
+        if mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.DISABLED,
+                        AutoresetMode.SAME_STEP):
+            raise ValueError(f"Unexpected autoreset mode, {mode}")
+        for i, action in enumerate(iterate(self.action_space, actions)):
+            env = self.envs[i]
+            if mode == AutoresetMode.NEXT_STEP and self._autoreset_envs[i]:
+                self._env_obs[i], info = env.reset()
+                self._rewards[i] = 0.0
+                self._terminations[i] = self._truncations[i] = False
+            else:
+                # DISABLED assumes the caller reset finished envs (gymnasium asserts it too)
+                assert mode != AutoresetMode.DISABLED or not self._autoreset_envs[i]
+                (self._env_obs[i], self._rewards[i], self._terminations[i],
+                 self._truncations[i], info) = env.step(action)
+                if mode == AutoresetMode.SAME_STEP and (self._terminations[i]
+                                                        or self._truncations[i]):
+                    self._add_info({}, {"final_obs": self._env_obs[i], "final_info": info}, i)
+                    self._env_obs[i], info = env.reset()
+            self._add_info({}, info, i)
+        self._autoreset_envs = np.logical_or(self._terminations, self._truncations)
+        return (self._env_obs, self._rewards.copy(), self._terminations.copy(),
+                self._truncations.copy(), {})
 
 
 class _RemotePart(_RecordInfoMixin, gym.vector.AsyncVectorEnv):
@@ -281,9 +316,71 @@ class _WorkerPipe:
         return getattr(self._conn, name)
 
 
+class _ObservationWriter:
+    """gymnasium's ``write_to_shared_memory`` as one ``np.copyto`` per observation key into a
+    view kept from the first write. gymnasium's re-derives the destination (``np.prod`` of the
+    shape, ``np.frombuffer``) and copies each value twice (``flatten``, then ``copyto``) on
+    every step, ~25 us a step for an image, a state and an instruction here. Anything but a
+    ``Dict`` of array spaces and ``InstructionText``, or a value of another shape, goes to
+    gymnasium's writer (and its errors)."""
+
+    def __init__(self, fallback: Callable[..., None]) -> None:
+        self._fallback = fallback
+        self._plans: dict[tuple[int, int, int], list[tuple[str, Any, np.ndarray]] | None] = {}
+
+    def __call__(self, space: spaces.Space, index: int, value: Any, shared_memory: Any) -> None:
+        key = (id(space), index, id(shared_memory))
+        plan = self._plans.get(key, False)
+        if plan is False:
+            plan = self._plans[key] = _write_plan(space, index, shared_memory)
+        if plan is None or not isinstance(value, dict):
+            self._fallback(space, index, value, shared_memory)
+            return
+        for name, sub, destination in plan:
+            item = value[name]
+            if sub is None:  # an array space
+                if np.shape(item) != destination.shape:
+                    self._fallback(space, index, value, shared_memory)
+                    return
+                np.copyto(destination, item, casting="unsafe")
+            else:
+                destination[:] = sub.codes(item)
+
+
+def _write_plan(space: spaces.Space, index: int, shared_memory: Any,
+                ) -> list[tuple[str, Any, np.ndarray]] | None:
+    """(key, InstructionText or None for arrays, destination row) per key of a Dict space."""
+    # Imported here: this module stays importable (and ``vla-gym doctor`` able to report)
+    # where MuJoCo cannot start.
+    from vla_gym.envs.base import InstructionText
+
+    if not isinstance(space, spaces.Dict):
+        return None
+    plan = []
+    for name, sub in space.spaces.items():
+        if isinstance(sub, _ARRAY_SPACES):
+            size = int(np.prod(sub.shape))
+            whole = np.frombuffer(shared_memory[name].get_obj(), dtype=sub.dtype)
+            plan.append((name, None, whole[index * size:(index + 1) * size].reshape(sub.shape)))
+        elif isinstance(sub, InstructionText):
+            size = sub.max_length
+            whole = np.frombuffer(shared_memory[name].get_obj(), dtype=np.int32)
+            plan.append((name, sub, whole[index * size:(index + 1) * size]))
+        else:
+            return None
+    return plan
+
+
 def _hybrid_worker(index, env_fn, pipe, parent_pipe, shared_memory, error_queue,
                    autoreset_mode, semaphore, *, spin_s: float) -> None:
-    """gymnasium's worker (with shared-memory observations) speaking through ``_WorkerPipe``."""
+    """gymnasium's worker (with shared-memory observations) speaking through ``_WorkerPipe``
+    and writing observations with ``_ObservationWriter``. The writer is swapped into
+    gymnasium's worker module in this process alone: a spawned process that runs this
+    worker and nothing else."""
+    from gymnasium.vector import async_vector_env
+
+    async_vector_env.write_to_shared_memory = _ObservationWriter(
+        async_vector_env.write_to_shared_memory)
     _async_worker(index, env_fn, _WorkerPipe(pipe, spin_s), parent_pipe, shared_memory,
                   error_queue, autoreset_mode, semaphore)
 
@@ -346,8 +443,8 @@ class HybridVectorEnv(LeanInfoMixin, gym.vector.VectorEnv):
         self.single_action_space = self._local.single_action_space
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
-        # The workers' rows are always self._remote.observations (shared memory, copy=False).
-        self._local_obs: Any = self._local._observations
+        # The workers' rows are always self._remote.observations (shared memory, copy=False);
+        # the local envs' are their last observations, one per env (``_LocalPart.rows``).
 
     # -- reset / step ---------------------------------------------------------------------
 
@@ -374,8 +471,7 @@ class HybridVectorEnv(LeanInfoMixin, gym.vector.VectorEnv):
             self._remote.reset_async(seed=list(seed[k:]), options=part_options[1])
         try:
             if todo[0]:
-                self._local_obs = self._local.reset(seed=list(seed[:k]),
-                                                   options=part_options[0])[0]
+                self._local.reset(seed=list(seed[:k]), options=part_options[0])
         except BaseException as exc:
             if todo[1]:
                 self._abandon_remote(self._remote.reset_wait, exc)
@@ -397,7 +493,6 @@ class HybridVectorEnv(LeanInfoMixin, gym.vector.VectorEnv):
         except BaseException as exc:
             self._abandon_remote(self._remote.receive_steps, exc)
             raise
-        self._local_obs = local[0]
         obs, infos = self._local_half()  # while the workers finish
         self._remote.results_ready(self.spin_s)
         remote = self._remote.receive_steps()
@@ -431,7 +526,7 @@ class HybridVectorEnv(LeanInfoMixin, gym.vector.VectorEnv):
 
     def _local_half(self) -> tuple[Any, dict[str, Any]]:
         """The batch's local rows: observations (in arrays for all envs) and infos."""
-        obs = _start_join(self.single_observation_space, self._local_obs, self.num_envs,
+        obs = _start_join(self.single_observation_space, self._local.rows, self.num_envs,
                           self.copy)
         infos: dict[str, Any] = {}
         for i, info in self._local.take_infos():
@@ -533,20 +628,27 @@ def _split(space: spaces.Space, batch: Any, k: int, n: int) -> tuple[Any, Any]:
     return batch[:k], batch[k:]
 
 
-def _start_join(space: spaces.Space, a: Any, n: int, copy_objects: bool) -> Any:
-    """A batch of ``n`` for ``space`` with batch ``a`` in its first rows; ``_end_join`` adds
-    the rest. Arrays come out fresh; other items (``Text``: the instruction, ``Graph``...)
-    as a tuple, deep-copied with ``copy_objects`` as ``SyncVectorEnv(copy=True)`` does. The
-    async part's instruction batch is a LiveTextBatch, whose deepcopy is the tuple of str."""
+def _start_join(space: spaces.Space, rows: Sequence[Any], n: int, copy_objects: bool) -> Any:
+    """A batch of ``n`` for ``space`` with the single observations ``rows`` in its first rows;
+    ``_end_join`` adds the rest. Arrays come out fresh, with ``batch_space``'s dtype;
+    other items (``Text``: the instruction, ``Graph``...) as a tuple, deep-copied with
+    ``copy_objects`` as ``SyncVectorEnv(copy=True)`` does."""
     if isinstance(space, spaces.Dict):
-        return {key: _start_join(sub, a[key], n, copy_objects) for key, sub in space.items()}
+        return {key: _start_join(sub, [row[key] for row in rows], n, copy_objects)
+                for key, sub in space.items()}
     if isinstance(space, spaces.Tuple):
-        return tuple(_start_join(sub, x, n, copy_objects) for sub, x in zip(space.spaces, a))
-    if isinstance(a, np.ndarray):
-        out = np.empty((n, *a.shape[1:]), dtype=a.dtype)
-        out[:len(a)] = a
+        return tuple(_start_join(sub, [row[j] for row in rows], n, copy_objects)
+                     for j, sub in enumerate(space.spaces))
+    if isinstance(space, _ARRAY_SPACES):
+        out = np.empty((n, *space.shape), dtype=space.dtype)
+        for i, row in enumerate(rows):
+            out[i] = row
         return out
-    return tuple(copy.deepcopy(a) if copy_objects else a)
+    return tuple(copy.deepcopy(rows) if copy_objects else rows)
+
+
+# Spaces whose batches are one array with a leading env axis (gymnasium's batch_space).
+_ARRAY_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
 
 
 def _end_join(space: spaces.Space, out: Any, b: Any, k: int, copy_objects: bool) -> Any:

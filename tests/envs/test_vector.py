@@ -40,8 +40,9 @@ def assert_same(a, b, path="") -> None:
             assert_same(x, y, f"{path}[{i}]")
     elif isinstance(a, np.ndarray):
         assert a.dtype == b.dtype and a.shape == b.shape, path
-        if a.dtype == object:
-            assert a.tolist() == b.tolist(), path
+        if a.dtype == object:  # e.g. SAME_STEP's final_obs: one observation dict per env
+            for i, (x, y) in enumerate(zip(a.tolist(), b.tolist())):
+                assert_same(x, y, f"{path}[{i}]")
         else:
             assert a.tobytes() == b.tobytes(), path
     else:
@@ -337,3 +338,39 @@ def test_hybrid_passes_float64_actions_unrounded():
         return out
 
     assert_same(run(_hybrid(PICK, num_envs=2)), run(vla_gym.make_vec(PICK, num_envs=2, **SMALL)))
+
+
+def test_hybrid_matches_sync_with_same_step_autoreset():
+    """SAME_STEP: an ended env is reset within the step, its last observation and info going
+    out as ``final_obs`` / ``final_info`` (the local part's own step loop does this)."""
+    same = {"autoreset_mode": AutoresetMode.SAME_STEP}
+    ours = _run(_hybrid(PICK, num_envs=2, **same), 230)
+    theirs = _run(vla_gym.make_vec(PICK, num_envs=2, vector_kwargs=same, **SMALL), 230)
+    finals = [step[4] for step in theirs[1:] if "final_obs" in step[4]]
+    assert len(finals) >= 2 and all(info["_final_obs"].any() for info in finals)
+    assert_same(ours, theirs)
+
+
+@pytest.mark.parametrize("index", [0, 2])
+def test_worker_observation_writer_writes_gymnasiums_bytes(index):
+    from vla_gym.vector import _ObservationWriter
+
+    env = gym.make(MULTI, cameras=("main", "wrist"), **SMALL)
+    space = env.observation_space
+    obs, _ = env.reset(seed=3)
+    obs, *_ = env.step(env.action_space.sample())
+    env.close()
+    theirs, ours = create_shared_memory(space, 3), create_shared_memory(space, 3)
+    writer = _ObservationWriter(write_to_shared_memory)
+    for _ in range(2):  # the second write goes through the kept views
+        write_to_shared_memory(space, index, obs, theirs)
+        writer(space, index, obs, ours)
+        for key in space:
+            assert bytes(theirs[key].get_obj()) == bytes(ours[key].get_obj()), key
+    read = read_from_shared_memory(space, ours, 3)
+    np.testing.assert_array_equal(read["image"][index], obs["image"])
+    assert read["instruction"][index] == obs["instruction"]
+    # A value of the wrong shape goes to gymnasium's writer, and its error.
+    bad = {**obs, "state": obs["state"][:-1]}
+    with pytest.raises(ValueError):
+        writer(space, index, bad, ours)
