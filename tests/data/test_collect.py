@@ -95,6 +95,15 @@ def test_rerun_skips_recorded_episodes_and_extends(pick_root, tmp_path):
     np.testing.assert_array_equal(load_demos(tmp_path).episode(1).actions, first.actions)
 
 
+def test_collect_into_a_relative_path(tmp_path, monkeypatch):
+    """``--out runs/demos`` as the README writes it: relative to the working directory."""
+    monkeypatch.chdir(tmp_path)
+    result = collect_demos(PICK, 2, "runs/demos", seed=5, env_kwargs=SMALL)
+    assert result.recorded_now == 2
+    assert len(load_demos("runs/demos").episode(1).actions) > 0
+    assert (tmp_path / "runs/demos" / dataset_id(PICK) / "data").is_dir()
+
+
 def test_jpeg_images_are_smaller_and_close(tmp_path):
     exact = collect_demos(PICK, 1, tmp_path / "exact", seed=5, env_kwargs=SMALL)
     lossy = collect_demos(PICK, 1, tmp_path / "jpeg", seed=5, jpeg=True, env_kwargs=SMALL)

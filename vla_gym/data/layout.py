@@ -52,8 +52,11 @@ def dataset_id(env_id: str) -> str:
 
 
 def dataset_dir(root: str | Path, env_id: str) -> Path:
-    """The dataset directory (the one holding ``data/``) for ``env_id`` under ``root``."""
-    return Path(root) / dataset_id(env_id)
+    """The dataset directory (the one holding ``data/``) for ``env_id`` under ``root``, as an
+    absolute path: Minari's size bookkeeping joins the paths it globs under a dataset onto the
+    dataset's own path again, which doubles a relative one (``--out runs/demos`` failed with
+    FileNotFoundError after the first episode)."""
+    return Path(root).absolute() / dataset_id(env_id)
 
 
 def episode_dirs(folder: Path) -> dict[int, Path]:
