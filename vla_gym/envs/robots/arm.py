@@ -176,7 +176,8 @@ class ArmRobot:
         pos = data.site_xpos[self._site]
         err = self._err
         np.subtract(self.target_pos, pos, out=err[:3])
-        dist = math.sqrt(err[0] * err[0] + err[1] * err[1] + err[2] * err[2])
+        ex, ey, ez = err[:3].tolist()  # plain floats: cheaper than three numpy scalar reads
+        dist = math.sqrt(ex * ex + ey * ey + ez * ez)
         if dist > cfg.max_pos_error:
             err[:3] *= cfg.max_pos_error / dist
             np.add(pos, err[:3], out=self.target_pos)
@@ -185,7 +186,8 @@ class ArmRobot:
         mujoco.mju_mulQuat(self._quat_tmp, self.target_quat, self._quat_neg)
         rot = err[3:]
         mujoco.mju_quat2Vel(rot, self._quat_tmp, 1.0)
-        angle = math.sqrt(rot[0] * rot[0] + rot[1] * rot[1] + rot[2] * rot[2])
+        rx, ry, rz = rot.tolist()
+        angle = math.sqrt(rx * rx + ry * ry + rz * rz)
         if angle > cfg.max_rot_error:
             rot *= cfg.max_rot_error / angle
             self._quat_delta[:] = (1.0, 0.0, 0.0, 0.0)
@@ -204,7 +206,7 @@ class ArmRobot:
         mujoco.mju_cholFactor(self._jjt, 0.0)
         mujoco.mju_cholSolve(self._sol, self._jjt, self._err)
         dq = np.matmul(jac.T, self._sol, out=self._dq)
-        biggest = float(np.abs(dq).max())
+        biggest = max(map(abs, dq.tolist()))
         if biggest > self.config.max_joint_step:
             dq *= self.config.max_joint_step / biggest
         if self._qsl is not None and self._asl is not None:
