@@ -238,10 +238,6 @@ class ArmRobot:
         """Grasp-point position in the base frame (copy)."""
         return data.site_xpos[self._site].copy()
 
-    def ee_pos_view(self, data: mujoco.MjData) -> np.ndarray:
-        """Grasp-point position, a view into ``data`` (read it before the next step)."""
-        return data.site_xpos[self._site]
-
     def ee_quat(self, data: mujoco.MjData) -> np.ndarray:
         """Grasp-point orientation, quaternion wxyz, sign chosen near the gripper-down pose."""
         quat = np.empty(4)

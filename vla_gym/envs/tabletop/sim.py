@@ -94,7 +94,7 @@ class TabletopSim:
 
     def ee_distance(self, slot: str) -> float:
         """Distance from the grasp point to the object's origin (plain floats: every step)."""
-        return math.dist(self.robot.ee_pos_view(self.data).tolist(),
+        return math.dist(self.robot.ee_pos(self.data).tolist(),
                          self.slots[slot].pos(self.data).tolist())
 
     def is_grasping(self, slot: str) -> bool:
