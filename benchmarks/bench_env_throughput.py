@@ -4,14 +4,16 @@ Ratios, not absolute numbers, are the figures to compare across machines:
   env / raw      vla_gym env step vs the bare loop on the same compiled model
                  (mj_step x frame_skip + one render at the same size and quality)
   env / pusher   vla_gym env step vs Gymnasium's Pusher-v5 with render_mode="rgb_array"
-  async / one    make_vec async mode, 2 envs (a HybridVectorEnv: one env in the parent, one
-                 in a worker) vs a single env, total steps/s
+  asyncK / one   make_vec async mode, K envs (a HybridVectorEnv: K/2 envs in the parent,
+                 K/2 in one worker process on a 2-core machine) vs a single env, total
+                 steps/s; K from --async-envs (2 and 4 by default)
   async2_workers_only / one
                  plain AsyncVectorEnv, both envs in workers (vector_kwargs local_envs=0)
-  2 procs / one  two independent single-env processes at once: what the machine allows
+  2 procs / one  two independent single-env processes, their timing started together: what
+                 the machine allows
 
-The headline env/raw and async/one ratios come from ``measure_interleaved``: the three take
-turns in short blocks within one process, and each block is paired with its neighbours.
+The headline env/raw and asyncK/one ratios come from ``measure_interleaved``: the contenders
+take turns in short blocks within one process, each block paired with its neighbours.
 Every other measurement runs in its own process pinned to one core (where the OS allows) so the
 single-env numbers are one-core numbers; rounds alternate between contenders to spread noise,
 and ratios are also given per round (paired), which is steadier on a noisy machine.
@@ -22,6 +24,7 @@ episode resetting at the time limit) matches the raw loop's: the ratio isolates 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing as mp
 import os
@@ -105,6 +108,19 @@ def measure_env(env_id: str, steps: int, pin: bool = True) -> float:
     return rate
 
 
+def measure_env_together(env_id: str, steps: int, barrier) -> float:
+    """``measure_env`` unpinned, its timing started at ``barrier`` (every process at once):
+    the processes' timed windows overlap, so their summed rates are what the machine gives
+    when every core steps an env."""
+    step, env = _env_stepper(env_id)
+    for _ in range(20):
+        step()
+    barrier.wait()
+    rate = _time_loop(step, steps)
+    env.close()
+    return rate
+
+
 def measure_raw(env_id: str, steps: int) -> float:
     """The same compiled model stepped and rendered with no env around it."""
     _pin_one_core()
@@ -149,12 +165,15 @@ def measure_vector(env_id: str, mode: str, num_envs: int, steps: int,
     return rate
 
 
-def measure_interleaved(env_id: str, blocks: int, block_steps: int) -> dict[str, list[float]]:
-    """One env, the raw loop and a 2-env async vector env in one process, taking turns in
-    blocks of ``block_steps`` steps: each block's rate is paired with its neighbours' taken
-    a fraction of a second apart, so the machine's drift (often +-25% over seconds here)
-    cancels out of the ratios. The env and raw blocks run pinned to one core; the vector
-    env (its worker spawned while unpinned) uses both."""
+def measure_interleaved(env_id: str, blocks: int, block_steps: int,
+                        async_envs: tuple[int, ...] = (2,)) -> dict[str, list[float]]:
+    """One env, the raw loop and an async vector env of each size in ``async_envs`` (total
+    env steps/s as ``asyncK``) in one process, taking turns in blocks of ``block_steps``
+    steps (fewer for vectors of more than 2 envs, to keep blocks as long): each block's rate
+    is paired with its neighbours' taken a fraction of a second apart, so the machine's drift
+    (often +-25% over seconds here) cancels out of the ratios. The env and raw blocks run
+    pinned to one core; the vector envs (their workers spawned while unpinned) use every
+    core."""
     import numpy as np
 
     import vla_gym
@@ -162,12 +181,15 @@ def measure_interleaved(env_id: str, blocks: int, block_steps: int) -> dict[str,
     all_cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     env_step, env = _env_stepper(env_id)
     raw_step, raw_env = _raw_stepper(env_id)
-    vec = vla_gym.make_vec(env_id, num_envs=2, vectorization_mode="async", image_size=IMAGE)
-    vec.reset(seed=0)
-    actions = np.zeros(vec.action_space.shape, np.float32)
-
-    contenders = {"env": (env_step, 1, True), "raw": (raw_step, 1, True),
-                  "async2": (lambda: vec.step(actions), 2, False)}
+    contenders = {"env": (env_step, 1, True), "raw": (raw_step, 1, True)}
+    vectors = []
+    for count in async_envs:
+        vec = vla_gym.make_vec(env_id, num_envs=count, vectorization_mode="async",
+                               image_size=IMAGE)
+        vec.reset(seed=0)
+        actions = np.zeros(vec.action_space.shape, np.float32)
+        contenders[f"async{count}"] = (functools.partial(vec.step, actions), count, False)
+        vectors.append(vec)
     rates: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(blocks):
         for name, (step, envs, pinned) in contenders.items():
@@ -175,8 +197,11 @@ def measure_interleaved(env_id: str, blocks: int, block_steps: int) -> dict[str,
                 _pin_one_core()
             elif all_cores is not None:
                 os.sched_setaffinity(0, all_cores)
-            rates[name].append(_time_loop(step, block_steps) * envs)
-    vec.close()
+            # block_steps steps of one env or a 2-env vector; as long a block for larger ones
+            vector_steps = max(1, block_steps * min(envs, 2) // envs)
+            rates[name].append(_time_loop(step, vector_steps) * envs)
+    for vec in vectors:
+        vec.close()
     env.close()
     raw_env.close()
     return rates
@@ -186,10 +211,13 @@ def _child(queue, fn, args) -> None:
     queue.put(fn(*args))
 
 
-def _in_processes(count: int, fn, *args) -> list[float]:
-    """Run ``fn`` in ``count`` fresh spawned processes at once (non-daemon: may have workers)."""
+def _in_processes(count: int, fn, *args, barrier: bool = False) -> list[float]:
+    """Run ``fn`` in ``count`` fresh spawned processes at once (non-daemon: may have workers);
+    with ``barrier``, ``fn`` gets a barrier for all of them as its last argument."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
+    if barrier:
+        args = (*args, ctx.Barrier(count))
     processes = [ctx.Process(target=_child, args=(queue, fn, args)) for _ in range(count)]
     for process in processes:
         process.start()
@@ -218,8 +246,9 @@ def measure_all(env_id: str, args: argparse.Namespace) -> dict:
         samples["async2_workers_only"].append(_in_process(
             measure_vector, env_id, "async", 2, args.steps // 2, {"local_envs": 0}))
         samples["two_processes"].append(sum(
-            _in_processes(2, measure_env, env_id, args.steps, False)))
-    blocks = _in_process(measure_interleaved, env_id, args.blocks, args.block_steps)
+            _in_processes(2, measure_env_together, env_id, args.steps, barrier=True)))
+    blocks = _in_process(measure_interleaved, env_id, args.blocks, args.block_steps,
+                         tuple(args.async_envs))
     med = {k: statistics.median(v) for k, v in samples.items()}
 
     def paired(a: str, b: str) -> float:
@@ -232,7 +261,8 @@ def measure_all(env_id: str, args: argparse.Namespace) -> dict:
         # the steadiest figures: neighbouring blocks in one process (measure_interleaved)
         "interleaved_blocks": {
             "paired_ratio_env_over_raw": paired_blocks("env", "raw"),
-            "paired_ratio_async2_over_one_env": paired_blocks("async2", "env"),
+            **{f"paired_ratio_async{k}_over_one_env": paired_blocks(f"async{k}", "env")
+               for k in args.async_envs},
             "steps_per_second_median": {k: statistics.median(v) for k, v in blocks.items()},
             "samples": blocks,
         },
@@ -262,6 +292,8 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=15,
                         help="interleaved blocks of each contender in one process")
     parser.add_argument("--block-steps", type=int, default=200)
+    parser.add_argument("--async-envs", type=int, nargs="+", default=[2, 4],
+                        help="async vector env sizes in the interleaved blocks")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 

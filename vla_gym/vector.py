@@ -11,18 +11,20 @@ type for every key of every sub-env on every step, which with our ~10-20 info ke
 per step than the rest of the vector machinery together. Batched infos are unchanged.
 
 Async mode with ``num_envs >= 2`` builds a ``HybridVectorEnv``: the parent process steps
-``local_envs`` of the envs itself (envs ``0 .. local_envs-1``) while spawned workers, one per
-env, step the rest. A step sends the workers their actions, steps the local envs meanwhile and
-then collects the workers' results, which are usually ready by then. Waking a process blocked
-on a pipe is slow on some machines (a pipe round trip cost ~0.7 ms on a 2-core VM, more than
-a 96 px env step, so plain ``AsyncVectorEnv`` with 2 envs stepped slower than one env in
-process); the parent, busy with its own envs, rarely waits, and workers and parent wait for
-each other by polling (yielding the CPU to anything else runnable) for up to ``spin_s``
-seconds before they block. Steps travel as raw bytes (the action's, then reward, flags and
-the pickled info; observations in gymnasium's shared memory) rather than gymnasium's pickled
-tuples, whose numpy pickling cost more than the pipe itself; other commands go as gymnasium's.
-As in ``AsyncVectorEnv``, a worker whose env raises is shut down
-(its error is re-raised in the parent).
+``local_envs`` of the envs itself (envs ``0 .. local_envs-1``) while ``workers`` spawned
+processes step the rest, each a contiguous group of them (one process per core: with more
+processes than cores they take turns, and plain ``AsyncVectorEnv``'s one process per env made
+8 envs on 2 cores step slower than one env). A step sends each worker its group's actions,
+steps the local envs meanwhile and then collects the workers' results, which are usually
+ready by then. Waking a process blocked on a pipe is slow on some machines (a pipe round trip
+cost ~0.7 ms on a 2-core VM, more than a 96 px env step); the parent, busy with its own envs,
+rarely waits, and workers and parent wait for each other by polling (yielding the CPU to
+anything else runnable) for up to ``spin_s`` seconds before they block. Steps travel as raw
+bytes (the actions', then rewards, flags and the pickled info rows; observations in
+gymnasium's shared memory) rather than gymnasium's pickled tuples, whose numpy pickling cost
+more than the pipe itself; other commands go pickled. All envs' infos are batched in one pass
+(``LeanInfoMixin._batch_infos``). A worker whose env raises (Ctrl-C included) sends the
+error and ends, as in ``AsyncVectorEnv``; the parent re-raises it.
 
 Results are bit-identical to ``SyncVectorEnv``'s for the same seeds and actions (observations,
 rewards, terminations, truncations, infos with gymnasium's masks and dtypes, the instruction
@@ -30,37 +32,47 @@ batch as a tuple of str), and seeding follows gymnasium's (``seed=s`` gives env 
 ``s + i``). ``vector_kwargs`` for async mode may add:
 
   ``local_envs``  envs stepped in the parent; default ``num_envs // cores`` (at least 1, at
-                  most ``num_envs - 1``), i.e. one env per process while there are cores for
-                  them. ``local_envs=0`` gives plain ``AsyncVectorEnv`` (every env in a
-                  worker), which is also what ``num_envs=1`` gets.
+                  most ``num_envs - 1``), i.e. one process's share of the envs.
+                  ``local_envs=0`` gives plain ``AsyncVectorEnv`` (one worker per env),
+                  which is also what ``num_envs=1`` gets.
+  ``workers``     worker processes for the other envs; default one per remaining core (at
+                  least 1, at most one per env).
   ``spin_s``      how long the hybrid's parent and workers poll before blocking (default
                   ``SPIN_S``; 0 blocks at once, as ``AsyncVectorEnv`` does).
 
-The remaining ``AsyncVectorEnv`` keyword arguments apply to the workers (``copy``,
-``observation_mode`` and ``autoreset_mode`` to both parts; the hybrid needs
-``observation_mode="same"`` and shared memory, others fall back to plain ``AsyncVectorEnv``;
-a custom ``worker`` does too). ``close(terminate=True)`` terminates the workers without
-waiting for them, as ``AsyncVectorEnv``'s does.
+``copy``, ``observation_mode``, ``autoreset_mode``, ``context`` and ``daemon`` are
+``AsyncVectorEnv``'s; the hybrid needs ``observation_mode="same"`` and shared memory, and
+without ``local_envs`` set, other choices (or a custom ``worker``) get plain
+``AsyncVectorEnv``. ``close(terminate=True)`` terminates the workers without waiting for
+them, as ``AsyncVectorEnv``'s does.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
+import multiprocessing as mp
 import os
 import pickle
 import struct
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from gymnasium import spaces
+from gymnasium import logger, spaces
 from gymnasium.envs.registration import EnvSpec, VectorizeMode
 from gymnasium.error import AlreadyPendingCallError, ClosedEnvironmentError, NoAsyncCallError
-from gymnasium.vector.async_vector_env import AsyncState, _async_worker
-from gymnasium.vector.utils import batch_space, iterate
+from gymnasium.vector.utils import (
+    CloudpickleWrapper,
+    batch_space,
+    clear_mpi_env_vars,
+    create_shared_memory,
+    iterate,
+    read_from_shared_memory,
+    write_to_shared_memory,
+)
 from gymnasium.vector.vector_env import AutoresetMode
 
 ASYNC_DEFAULTS: dict[str, Any] = {"context": "spawn"}
@@ -89,6 +101,60 @@ class LeanInfoMixin:
             vector_infos[key][env_num] = value
             mask[env_num] = True
         return vector_infos
+
+
+    def _batch_infos(self, rows: Sequence[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+        """``rows`` ((env_num, info) in env order) batched as ``_add_info`` would batch them one
+        by one. Where there is one info per env, all with the same keys in the same order and
+        each key's values of one kind (as every step of an env family gives), each key is
+        batched in one ``np.array`` call rather than a write per env."""
+        columns = _uniform_columns(rows, self.num_envs)
+        vector_infos: dict[str, Any] = {}
+        if columns is None:
+            for env_num, info in rows:
+                self._add_info(vector_infos, info, env_num)
+            return vector_infos
+        present = np.ones(self.num_envs, dtype=np.bool_)
+        for key, values in columns:
+            vector_infos[key] = _info_column(values, self.num_envs)
+            vector_infos["_" + key] = present.copy()
+        return vector_infos
+
+
+def _uniform_columns(rows: Sequence[tuple[int, dict[str, Any]]], n: int,
+                     ) -> list[tuple[str, list[Any]]] | None:
+    """(key, one value per env) per key when ``_batch_infos``'s fast path applies, else None."""
+    if len(rows) != n or any(env_num != i for i, (env_num, _) in enumerate(rows)):
+        return None
+    first = rows[0][1]
+    keys = tuple(first)
+    if any(tuple(info) != keys for _, info in rows[1:]) or "final_obs" in first:
+        return None
+    columns = []
+    for key in keys:
+        values = [info[key] for _, info in rows]
+        kind = type(values[0])
+        if (kind is dict or (kind is not np.ndarray and issubclass(kind, np.ndarray))
+                or any(type(v) is not kind for v in values[1:])):
+            return None
+        if kind is np.ndarray and (values[0].dtype.kind not in "biufc" or any(
+                v.shape != values[0].shape or v.dtype != values[0].dtype for v in values[1:])):
+            return None
+        columns.append((key, values))
+    return columns
+
+
+def _info_column(values: list[Any], n: int) -> np.ndarray:
+    """``values`` (one per env, of one kind) in the array ``empty_info_batch`` would give."""
+    kind = type(values[0])
+    if kind in (int, float, bool) or issubclass(kind, np.number):
+        return np.array(values, dtype=kind)
+    if kind is np.ndarray:
+        return np.array(values)
+    column = np.full(n, fill_value=None, dtype=object)
+    for i, value in enumerate(values):
+        column[i] = value
+    return column
 
 
 def empty_info_batch(value: Any, n: int) -> np.ndarray:
@@ -138,85 +204,43 @@ class _LocalPart(_RecordInfoMixin, gym.vector.SyncVectorEnv):
     def rows(self) -> list[Any]:
         return self._env_obs
 
-    def step(self, actions: Any) -> tuple[list[Any], np.ndarray, np.ndarray, np.ndarray,
-                                          dict[str, Any]]:
-        """``SyncVectorEnv.step``'s autoreset and results, the observations left unbatched."""
+    def step(self, actions: Any) -> tuple[list[Any], list[float], list[bool], list[bool]]:
+        """``SyncVectorEnv.step``'s autoreset and results as lists, one item per env: the
+        observations (``rows``), rewards, terminations and truncations."""
         mode = self.autoreset_mode
         if mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.DISABLED,
                         AutoresetMode.SAME_STEP):
             raise ValueError(f"Unexpected autoreset mode, {mode}")
-        for i, action in enumerate(iterate(self.action_space, actions)):
+        rewards, terminations, truncations = [], [], []
+        for i, action in enumerate(_iterate_actions(self.action_space, actions)):
             env = self.envs[i]
             if mode == AutoresetMode.NEXT_STEP and self._autoreset_envs[i]:
                 self._env_obs[i], info = env.reset()
-                self._rewards[i] = 0.0
-                self._terminations[i] = self._truncations[i] = False
+                reward, terminated, truncated = 0.0, False, False
             else:
                 # DISABLED assumes the caller reset finished envs (gymnasium asserts it too)
                 assert mode != AutoresetMode.DISABLED or not self._autoreset_envs[i]
-                (self._env_obs[i], self._rewards[i], self._terminations[i],
-                 self._truncations[i], info) = env.step(action)
-                if mode == AutoresetMode.SAME_STEP and (self._terminations[i]
-                                                        or self._truncations[i]):
-                    self._add_info({}, {"final_obs": self._env_obs[i], "final_info": info}, i)
+                self._env_obs[i], reward, terminated, truncated, info = env.step(action)
+                if mode == AutoresetMode.SAME_STEP and (terminated or truncated):
+                    self._raw_infos.append((i, {"final_obs": self._env_obs[i],
+                                                "final_info": info}))
                     self._env_obs[i], info = env.reset()
-            self._add_info({}, info, i)
-        self._autoreset_envs = np.logical_or(self._terminations, self._truncations)
-        return (self._env_obs, self._rewards.copy(), self._terminations.copy(),
-                self._truncations.copy(), {})
+            self._raw_infos.append((i, info))
+            rewards.append(float(reward))
+            terminations.append(bool(terminated))
+            truncations.append(bool(truncated))
+            self._autoreset_envs[i] = terminated or truncated
+        # SyncVectorEnv's own record of the flags, which its reset clears by mask
+        self._terminations[:] = terminations
+        self._truncations[:] = truncations
+        return self._env_obs, rewards, terminations, truncations
 
 
-class _RemotePart(_RecordInfoMixin, gym.vector.AsyncVectorEnv):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._raw_infos = []
-        super().__init__(*args, **kwargs)
-
-    def send_steps(self, actions: Any) -> None:
-        """``step_async`` in the hybrid's step messages (see ``encode_step``)."""
-        self._assert_is_running()
-        if self._state != AsyncState.DEFAULT:
-            raise AlreadyPendingCallError(
-                f"Calling `step_async` while waiting for a pending call to "
-                f"`{self._state.value}` to complete.", str(self._state.value))
-        for pipe, action in zip(self.parent_pipes, iterate(self.action_space, actions),
-                                strict=True):
-            pipe.send_bytes(encode_step(action))
-        self._state = AsyncState.WAITING_STEP
-
-    def receive_steps(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``step_wait`` for ``send_steps``: rewards, terminations and truncations (the
-        observations are in shared memory, the infos go to ``take_infos``); a worker's error
-        is raised as ``step_wait`` raises it."""
-        self._assert_is_running()
-        if self._state != AsyncState.WAITING_STEP:
-            raise NoAsyncCallError("Calling `step_wait` without any prior call to "
-                                   "`step_async`.", AsyncState.WAITING_STEP.value)
-        results = [decode_step_result(pipe.recv_bytes()) for pipe in self.parent_pipes]
-        self._raise_if_errors([result is not None for result in results])
-        self._state = AsyncState.DEFAULT
-        done = [result for result in results if result is not None]  # all, once no error
-        self._raw_infos.extend((i, result[3]) for i, result in enumerate(done))
-        columns = list(zip(*done, strict=True))
-        return (np.array(columns[0], dtype=np.float64), np.array(columns[1], dtype=np.bool_),
-                np.array(columns[2], dtype=np.bool_))
-
-    def results_ready(self, spin_s: float) -> None:
-        """Poll the workers' pipes for up to ``spin_s`` s; the blocking wait comes after."""
-        if spin_s > 0:
-            _spin_until_readable([p for p in self.parent_pipes if p is not None], spin_s)
-
-    def close_now(self) -> None:
-        """Terminate the workers without a word to them (after a failed ``close``)."""
-        for process in self.processes:
-            if process.is_alive():
-                process.terminate()
-        for pipe in self.parent_pipes:
-            if pipe is not None:
-                pipe.close()
-        for process in self.processes:
-            process.join()
-        self._state = AsyncState.DEFAULT
-        self.closed = True
+def _iterate_actions(space: spaces.Space, actions: Any) -> Any:
+    """gymnasium's ``iterate`` over a batch of actions; an array's rows directly."""
+    if isinstance(actions, np.ndarray) and isinstance(space, _ARRAY_SPACES):
+        return iter(actions)
+    return iterate(space, actions)
 
 
 _yield_cpu: Callable[[], Any] = getattr(os, "sched_yield", None) or (lambda: time.sleep(0))
@@ -238,19 +262,20 @@ def _spin_until_readable(pipes: Sequence[Any], spin_s: float) -> bool:
             return False
 
 
-# The hybrid's step messages, in place of gymnasium's pickled ("step", action) and
-# ((obs, reward, terminated, truncated, info), success): pickling a 7-float action array
-# alone costs ~11 us against ~3 for its raw bytes, and both ends run right after a render,
-# when such Python runs 2-3x slower. A pickle stream starts with b"\x80", never with these.
+# The messages between the hybrid and its workers. Parent to worker: a step, as the actions'
+# raw bytes (pickling a 7-float array alone costs ~11 us against ~3 for its raw bytes, and
+# both ends run right after a render, when such Python runs 2-3x slower), or any other
+# command pickled. Worker to parent: _OK or _FAILED, then the payload. A pickle stream
+# starts with b"\x80", never with _STEP.
 _STEP = b"S"  # + the action's dtype str, ndim and shape, then its raw bytes
-_STEP_OK = b"\x01"  # + _STEP_RESULT (reward, terminated, truncated) + pickled info
-_STEP_FAILED = b"\x00"  # the error is on the error queue, as gymnasium's worker leaves it
-_STEP_RESULT = struct.Struct("<d??")
+_OK = b"\x01"  # + the reply: a step's rewards, flags and info rows (encode_step_result),
+# anything else pickled
+_FAILED = b"\x00"  # + the pickled (exception type, message, traceback text)
 
 
 def encode_step(action: Any) -> bytes:
     """A step message: a numeric array as its dtype, shape and raw bytes (exactly the array
-    the worker's env gets, dtype included), anything else pickled after ``_STEP`` + 0."""
+    the worker's envs get, dtype included), anything else pickled after ``_STEP`` + 0."""
     if isinstance(action, np.ndarray) and action.dtype.kind in "biuf" and action.ndim < 256:
         header = (_STEP + action.dtype.str.encode("ascii").ljust(4) + bytes([action.ndim])
                   + struct.pack(f"<{action.ndim}I", *action.shape))
@@ -269,51 +294,37 @@ def decode_step(message: bytes) -> Any:
     return np.frombuffer(message, dtype=dtype, offset=6 + 4 * ndim).reshape(shape).copy()
 
 
-def encode_step_result(result: tuple[Any, bool]) -> bytes:
-    """gymnasium's worker's step reply (observation already in shared memory) as bytes."""
-    step_return, success = result
-    if not success:
-        return _STEP_FAILED
-    _, reward, terminated, truncated, info = step_return
-    return (_STEP_OK + _STEP_RESULT.pack(float(reward), bool(terminated), bool(truncated))
-            + pickle.dumps(info, protocol=pickle.HIGHEST_PROTOCOL))
+def encode_step_result(rewards: Sequence[float], terminations: Sequence[bool],
+                       truncations: Sequence[bool], info_rows: list[tuple[int, Any]]) -> bytes:
+    """A worker's reply to a step of its ``k`` envs (observations already in shared memory):
+    ``k`` float64 rewards, ``k`` termination and ``k`` truncation bytes, the pickled
+    (env in the group, info) rows."""
+    k = len(rewards)
+    return (_OK + struct.pack(f"<{k}d{2 * k}?", *rewards, *terminations, *truncations)
+            + pickle.dumps(info_rows, protocol=pickle.HIGHEST_PROTOCOL))
 
 
-def decode_step_result(message: bytes) -> tuple[float, bool, bool, dict[str, Any]] | None:
-    """(reward, terminated, truncated, info), or None for a worker that failed."""
-    if message[:1] != _STEP_OK:
-        return None
-    reward, terminated, truncated = _STEP_RESULT.unpack_from(message, 1)
-    return reward, terminated, truncated, pickle.loads(message[1 + _STEP_RESULT.size:])
+def decode_step_result(message: bytes, k: int,
+                       ) -> tuple[list[float], list[bool], list[bool], list[tuple[int, Any]]]:
+    """``encode_step_result``'s rewards, terminations, truncations and info rows."""
+    values = struct.unpack_from(f"<{k}d{2 * k}?", message, 1)
+    return (list(values[:k]), list(values[k:2 * k]), list(values[2 * k:]),
+            pickle.loads(memoryview(message)[1 + 10 * k:]))
 
 
-class _WorkerPipe:
-    """A hybrid worker's end of its pipe, under gymnasium's worker loop: ``recv`` polls for
-    ``spin_s`` before blocking and turns step messages into ("step", action); the reply to
-    such a step goes back as ``encode_step_result`` bytes, every other reply pickled."""
+def _error_message(exc: BaseException) -> bytes:
+    """``_FAILED`` + what the parent needs to raise ``exc`` again (its type where it can be
+    pickled, else RuntimeError)."""
+    trace = traceback.format_exc()
+    try:
+        return _FAILED + pickle.dumps((type(exc), str(exc), trace))
+    except Exception:
+        return _FAILED + pickle.dumps((RuntimeError, f"{type(exc).__name__}: {exc}", trace))
 
-    def __init__(self, conn: Any, spin_s: float) -> None:
-        self._conn = conn
-        self._spin_s = spin_s
-        self._in_step = False
 
-    def recv(self) -> Any:
-        _spin_until_readable((self._conn,), self._spin_s)
-        message = self._conn.recv_bytes()
-        self._in_step = message[:1] == _STEP
-        if self._in_step:
-            return "step", decode_step(message)
-        return pickle.loads(message)
-
-    def send(self, obj: Any) -> None:
-        if self._in_step:
-            self._in_step = False
-            self._conn.send_bytes(encode_step_result(obj))
-        else:
-            self._conn.send(obj)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._conn, name)
+class WorkerError(Exception):
+    """Raised in the parent when a worker's env failed in a way its type cannot be rebuilt
+    from (the worker's traceback is in the message)."""
 
 
 class _ObservationWriter:
@@ -371,71 +382,310 @@ def _write_plan(space: spaces.Space, index: int, shared_memory: Any,
     return plan
 
 
-def _hybrid_worker(index, env_fn, pipe, parent_pipe, shared_memory, error_queue,
-                   autoreset_mode, semaphore, *, spin_s: float) -> None:
-    """gymnasium's worker (with shared-memory observations) speaking through ``_WorkerPipe``
-    and writing observations with ``_ObservationWriter``. The writer is swapped into
-    gymnasium's worker module in this process alone: a spawned process that runs this
-    worker and nothing else."""
-    from gymnasium.vector import async_vector_env
+def _group_worker(env_fns: CloudpickleWrapper, conn: Any, parent_conn: Any,
+                  shared_memory: Any, offset: int, autoreset_mode: AutoresetMode,
+                  spin_s: float) -> None:
+    """A worker process: steps its group of envs (a ``_LocalPart``) on the parent's
+    messages, writing their observations into rows ``offset ..`` of the shared memory.
+    Any error (Ctrl-C included) is sent to the parent and ends the worker, as in
+    gymnasium's workers."""
+    parent_conn.close()
+    envs = None
+    try:
+        envs = _LocalPart(list(env_fns.fn), copy=False, autoreset_mode=autoreset_mode)
+        space = envs.single_observation_space
+        write = _ObservationWriter(write_to_shared_memory)
 
-    async_vector_env.write_to_shared_memory = _ObservationWriter(
-        async_vector_env.write_to_shared_memory)
-    _async_worker(index, env_fn, _WorkerPipe(pipe, spin_s), parent_pipe, shared_memory,
-                  error_queue, autoreset_mode, semaphore)
+        def publish() -> None:
+            for i, row in enumerate(envs.rows):
+                write(space, offset + i, row, shared_memory)
+
+        conn.send_bytes(_OK + pickle.dumps((space, envs.single_action_space)))
+        while _serve_one(envs, conn, publish, spin_s):
+            pass
+    except BaseException as exc:  # Ctrl-C too: the parent hears of it
+        try:
+            conn.send_bytes(_error_message(exc))
+        except Exception:
+            pass
+    finally:
+        if envs is not None:
+            envs.close()
+        conn.close()
+
+
+def _serve_one(envs: _LocalPart, conn: Any, publish: Callable[[], None],
+               spin_s: float) -> bool:
+    """Wait for the parent's next message and answer it; False after "close"."""
+    _spin_until_readable((conn,), spin_s)
+    message = conn.recv_bytes()
+    if message[:1] == _STEP:
+        _, rewards, terminations, truncations = envs.step(decode_step(message))
+        publish()
+        conn.send_bytes(encode_step_result(rewards, terminations, truncations,
+                                           envs.take_infos()))
+        return True
+    command, data = pickle.loads(message)
+    reply: Any = None
+    if command == "reset":
+        envs.reset(**data)
+        publish()
+        reply = envs.take_infos()
+    elif command == "call":
+        name, args, kwargs = data
+        reply = envs.call(name, *args, **kwargs)
+    elif command == "set_attr":
+        envs.set_attr(*data)
+    elif command != "close":
+        raise ValueError(f"unknown worker command {command!r}")
+    conn.send_bytes(_OK + pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
+    return command != "close"
+
+
+class _WorkerGroups:
+    """The hybrid's remote envs: one spawned worker process per group of envs, each a
+    ``_LocalPart`` stepped on raw-byte messages (see ``encode_step``), observations in
+    gymnasium's shared memory (``observations``: one row per remote env, in order)."""
+
+    def __init__(self, env_fns: Sequence[Callable[[], gym.Env]], groups: int,
+                 observation_space: spaces.Space, autoreset_mode: AutoresetMode,
+                 context: str | None, spin_s: float, daemon: bool = True) -> None:
+        ctx = mp.get_context(context)
+        n = len(env_fns)
+        self.sizes = [len(part) for part in np.array_split(np.arange(n), groups)]
+        self.offsets = [sum(self.sizes[:g]) for g in range(groups)]
+        self.spin_s = spin_s
+        self.shared_memory = create_shared_memory(observation_space, n=n, ctx=ctx)
+        self.observations = read_from_shared_memory(observation_space, self.shared_memory, n=n)
+        self.parent_pipes: list[Any] = []
+        self.processes: list[Any] = []
+        self._pending: str | None = None
+        self.closed = False
+        with clear_mpi_env_vars():
+            for size, offset in zip(self.sizes, self.offsets, strict=True):
+                parent, child = ctx.Pipe()
+                process = ctx.Process(
+                    target=_group_worker, daemon=daemon,
+                    name=f"vla_gym-worker-{offset}-{offset + size - 1}",
+                    args=(CloudpickleWrapper(tuple(env_fns[offset:offset + size])), child,
+                          parent, self.shared_memory, offset, autoreset_mode, spin_s))
+                self.parent_pipes.append(parent)
+                self.processes.append(process)
+                process.start()
+                child.close()
+        self._every_group = list(range(groups))
+        self._pending, self._targets = "start", self._every_group
+        self._target_pipes = list(self.parent_pipes)
+        try:
+            self.spaces = self._receive("start")  # (observation, action space) per group
+        except BaseException:
+            self.close_now()
+            raise
+
+    # -- messages --------------------------------------------------------------------------
+
+    def _send(self, command: str, per_group: Sequence[Any],
+              targets: Sequence[int] | None = None) -> None:
+        """``command`` with one payload per group of ``targets`` (default: every group)."""
+        if self.closed:
+            raise ClosedEnvironmentError("the vector env's workers are closed")
+        if self._pending is not None:
+            raise AlreadyPendingCallError(
+                f"calling `{command}` while waiting for a pending call to `{self._pending}` to "
+                "complete", self._pending)
+        targets = self._every_group if targets is None else list(targets)
+        pipes = [self.parent_pipes[g] for g in targets]
+        if None in pipes:
+            raise ClosedEnvironmentError("a worker of this vector env died of an error raised "
+                                         "earlier; close it and make a new one")
+        for pipe, data in zip(pipes, per_group, strict=True):
+            pipe.send_bytes(data if command == "step" else pickle.dumps(
+                (command, data), protocol=pickle.HIGHEST_PROTOCOL))
+        self._pending, self._targets, self._target_pipes = command, targets, pipes
+
+    def _receive(self, command: str) -> list[Any]:
+        """Each target worker's reply to ``command`` (step replies as raw messages). A
+        worker's error closes its pipe and is raised once every target has replied."""
+        if self._pending != command:
+            raise NoAsyncCallError(f"no pending call to `{command}`", command)
+        self.results_ready()
+        replies, errors = [], []
+        for g, pipe in zip(self._targets, self._target_pipes, strict=True):
+            try:
+                message = pipe.recv_bytes()
+            except EOFError:
+                message = _FAILED + pickle.dumps((WorkerError, f"worker {g} exited", ""))
+            if message[:1] != _OK:
+                errors.append(pickle.loads(message[1:]))
+                pipe.close()
+                self.parent_pipes[g] = None
+                self.processes[g].join(timeout=5)
+                replies.append(None)
+            elif command == "step":
+                replies.append(message)
+            else:
+                replies.append(pickle.loads(message[1:]))
+        self._pending = None
+        if errors:
+            kind, text, trace = errors[0]
+            if not (isinstance(kind, type) and issubclass(kind, BaseException)):
+                kind, text = WorkerError, f"{kind}: {text}"
+            logger.error("a vla_gym vector worker failed:\n%s", trace)
+            raise kind(text)
+        return replies
+
+    def results_ready(self) -> None:
+        """Poll the pending call's pipes for up to ``spin_s`` s; the blocking wait comes
+        after."""
+        if self.spin_s > 0 and self._pending is not None:
+            _spin_until_readable(self._target_pipes, self.spin_s)
+
+    # -- commands --------------------------------------------------------------------------
+
+    def send_steps(self, actions: Sequence[Any]) -> None:
+        """One batch of actions per group."""
+        self._send("step", [encode_step(a) for a in actions])
+
+    def receive_steps(self) -> tuple[list[float], list[bool], list[bool],
+                                     list[tuple[int, Any]]]:
+        """Rewards, terminations, truncations (one per remote env) and (remote env, info)
+        rows of ``send_steps``."""
+        parts = [decode_step_result(message, size) for message, size in
+                 zip(self._receive("step"), self.sizes, strict=True)]
+        if len(parts) == 1:
+            return parts[0]
+        rows = [(offset + i, info) for part, offset in zip(parts, self.offsets, strict=True)
+                for i, info in part[3]]
+        return (*([x for part in parts for x in part[j]] for j in range(3)), rows)
+
+    def send_resets(self, per_group: Sequence[dict[str, Any] | None]) -> None:
+        """``SyncVectorEnv.reset`` keyword arguments per group; None leaves a group alone."""
+        targets = [g for g, kwargs in enumerate(per_group) if kwargs is not None]
+        self._send("reset", [per_group[g] for g in targets], targets)
+
+    def receive_resets(self) -> list[tuple[int, Any]]:
+        """The (remote env, info) rows of ``send_resets``' groups."""
+        targets = self._targets
+        return [(self.offsets[g] + i, info)
+                for g, reply in zip(targets, self._receive("reset"), strict=True)
+                for i, info in reply]
+
+    def send_calls(self, name: str, args: tuple, kwargs: dict[str, Any]) -> None:
+        self._send("call", [(name, args, kwargs)] * len(self.parent_pipes))
+
+    def receive_calls(self) -> list[Any]:
+        """``name``'s value or result per remote env."""
+        return [value for reply in self._receive("call") for value in reply]
+
+    def set_attr(self, name: str, values: Sequence[Any]) -> None:
+        self._send("set_attr", [(name, list(values[offset:offset + size]))
+                                for offset, size in zip(self.offsets, self.sizes,
+                                                        strict=True)])
+        self._receive("set_attr")
+
+    def wait_pending(self) -> None:
+        """Collect a pending call's replies, dropping them and any error."""
+        if self._pending is None:
+            return
+        try:
+            self._receive(self._pending)
+        except Exception:
+            pass
+        self._pending = None
+
+    # -- closing ---------------------------------------------------------------------------
+
+    def close(self, timeout: float | None = None, terminate: bool = False) -> None:
+        """Ask each worker to close (after collecting a pending call) and wait ``timeout`` s
+        for it; ``terminate`` (or a worker that does not answer) terminates them."""
+        if self.closed:
+            return
+        try:
+            if not terminate:
+                self.wait_pending()
+                live = [(g, p) for g, p in enumerate(self.parent_pipes) if p is not None]
+                for _, pipe in live:
+                    pipe.send_bytes(pickle.dumps(("close", None)))
+                for _, pipe in live:
+                    if pipe.poll(timeout):
+                        pipe.recv_bytes()
+                for g, _ in live:
+                    self.processes[g].join(timeout)
+        finally:
+            self.close_now()
+
+    def close_now(self) -> None:
+        """Terminate the workers that are still there without a word to them."""
+        for process in self.processes:
+            if process.is_alive():
+                process.terminate()
+        for g, pipe in enumerate(self.parent_pipes):
+            if pipe is not None:
+                pipe.close()
+                self.parent_pipes[g] = None
+        for process in self.processes:
+            process.join()
+        self._pending = None
+        self.closed = True
 
 
 class HybridVectorEnv(LeanInfoMixin, gym.vector.VectorEnv):
-    """Envs ``0 .. local_envs-1`` stepped in this process, the rest in spawned workers (see
-    the module docstring); batches as ``SyncVectorEnv``'s."""
+    """Envs ``0 .. local_envs-1`` stepped in this process, the rest in spawned worker
+    processes, each stepping a group of them (see the module docstring); batches as
+    ``SyncVectorEnv``'s."""
 
     def __init__(
         self,
         env_fns: Sequence[Callable[[], gym.Env]],
         local_envs: int = 1,
+        workers: int | None = None,
         copy: bool = True,
         observation_mode: str = "same",
         autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
         spin_s: float = SPIN_S,
-        **async_kwargs: Any,
+        shared_memory: bool = True,
+        context: str | None = None,
+        daemon: bool = True,
+        worker: Callable[..., Any] | None = None,
     ) -> None:
         super().__init__()
         num_envs = len(env_fns)
         if not isinstance(local_envs, (int, np.integer)) or not 1 <= local_envs < num_envs:
             raise ValueError(f"local_envs must be an integer in [1, num_envs - 1] = "
                              f"[1, {num_envs - 1}], got {local_envs!r}")
-        if observation_mode != "same":
-            raise ValueError("HybridVectorEnv supports observation_mode='same' only, got "
-                             f"{observation_mode!r}")
-        if not async_kwargs.get("shared_memory", True):
-            raise ValueError("HybridVectorEnv's workers return observations in shared memory; "
-                             "use AsyncVectorEnv for shared_memory=False")
-        if async_kwargs.get("worker") is not None:
-            raise ValueError("HybridVectorEnv runs its own worker; use AsyncVectorEnv for a "
-                             "custom one")
-        if spin_s < 0:
-            raise ValueError(f"spin_s must be >= 0, got {spin_s!r}")
+        remote = num_envs - int(local_envs)
+        if workers is None:
+            workers = default_workers(remote)
+        if not isinstance(workers, (int, np.integer)) or not 1 <= workers <= remote:
+            raise ValueError(f"workers must be an integer in [1, num_envs - local_envs] = "
+                             f"[1, {remote}], got {workers!r}")
+        _check_hybrid_options(observation_mode, shared_memory, worker, spin_s)
         self.num_envs = num_envs
         self.local_envs = int(local_envs)
         self.copy = copy
         self.spin_s = float(spin_s)
-        shared = {"copy": False, "observation_mode": observation_mode,
-                  "autoreset_mode": autoreset_mode}
-        # Workers first: if they fail to start, there are no local envs to close.
-        self._remote = _RemotePart(
-            env_fns[self.local_envs:], **shared, **async_kwargs,
-            worker=functools.partial(_hybrid_worker, spin_s=self.spin_s))
+        self._local = _LocalPart(env_fns[:self.local_envs], copy=False,
+                                 autoreset_mode=autoreset_mode)
         try:
-            self._local = _LocalPart(env_fns[:self.local_envs], **shared)
-            if self._local.single_observation_space != self._remote.single_observation_space:
-                raise RuntimeError("HybridVectorEnv: the local and remote envs' observation "
-                                   "spaces differ")
-            if self._local.single_action_space != self._remote.single_action_space:
-                raise RuntimeError("HybridVectorEnv: the local and remote envs' action spaces "
-                                   "differ")
+            # After the local envs: the workers' shared memory is laid out for the
+            # observation space the local envs give.
+            self._remote = _WorkerGroups(env_fns[self.local_envs:], int(workers),
+                                         self._local.single_observation_space,
+                                         self._local.autoreset_mode, context, self.spin_s,
+                                         daemon)
+            for observation_space, action_space in self._remote.spaces:
+                if observation_space != self._local.single_observation_space:
+                    raise RuntimeError("HybridVectorEnv: the local and remote envs' "
+                                       "observation spaces differ")
+                if action_space != self._local.single_action_space:
+                    raise RuntimeError("HybridVectorEnv: the local and remote envs' action "
+                                       "spaces differ")
         except BaseException:
-            self._remote.close(terminate=True)
+            if hasattr(self, "_remote"):
+                self._remote.close(terminate=True)
+            self._local.close()
             raise
+        self.workers = int(workers)
         self.autoreset_mode = self._local.autoreset_mode
         self.metadata = dict(self._local.metadata)
         self.render_mode = self._local.render_mode
@@ -443,8 +693,8 @@ class HybridVectorEnv(LeanInfoMixin, gym.vector.VectorEnv):
         self.single_action_space = self._local.single_action_space
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
-        # The workers' rows are always self._remote.observations (shared memory, copy=False);
-        # the local envs' are their last observations, one per env (``_LocalPart.rows``).
+        # The workers' rows are always self._remote.observations (shared memory); the local
+        # envs' are their last observations, one per env (``_LocalPart.rows``).
 
     # -- reset / step ---------------------------------------------------------------------
 
@@ -458,47 +708,58 @@ class HybridVectorEnv(LeanInfoMixin, gym.vector.VectorEnv):
         if len(seed) != self.num_envs:
             raise ValueError(f"If seeds are passed as a list the length must match "
                              f"num_envs={self.num_envs} but got length={len(seed)}.")
-        k = self.local_envs
-        part_options: list[dict[str, Any] | None] = [options, options]
-        todo = [True, True]
+        mask = None
         if options is not None and "reset_mask" in options:
-            rest = dict(options)
-            mask = rest.pop("reset_mask")
+            options = dict(options)
+            mask = options.pop("reset_mask")
             self._check_reset_mask(mask)
-            part_options = [{**rest, "reset_mask": mask[:k]}, {**rest, "reset_mask": mask[k:]}]
-            todo = [bool(mask[:k].any()), bool(mask[k:].any())]
-        if todo[1]:
-            self._remote.reset_async(seed=list(seed[k:]), options=part_options[1])
+        parts = []  # SyncVectorEnv.reset's arguments for the local part, then each group
+        for start, stop in self._part_bounds():
+            if mask is not None and not mask[start:stop].any():
+                parts.append(None)  # nothing to reset there
+                continue
+            part_options = (options if mask is None
+                            else {**(options or {}), "reset_mask": mask[start:stop]})
+            parts.append({"seed": list(seed[start:stop]), "options": part_options})
+        remote = any(p is not None for p in parts[1:])
+        if remote:
+            self._remote.send_resets(parts[1:])
         try:
-            if todo[0]:
-                self._local.reset(seed=list(seed[:k]), options=part_options[0])
+            if parts[0] is not None:
+                self._local.reset(**parts[0])
         except BaseException as exc:
-            if todo[1]:
-                self._abandon_remote(self._remote.reset_wait, exc)
+            if remote:
+                self._abandon_remote(exc)
             raise
-        obs, infos = self._local_half()
-        if todo[1]:
-            self._remote.results_ready(self.spin_s)
-            self._remote.reset_wait()
-        return self._remote_half(obs, infos), infos
+        obs = self._local_half()
+        remote_rows = self._remote.receive_resets() if remote else []
+        return self._remote_half(obs, remote_rows)
 
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray,
                                           dict[str, Any]]:
         self._assert_is_running()
         local_actions, remote_actions = _split(self.action_space, actions, self.local_envs,
                                                self.num_envs)
-        self._remote.send_steps(remote_actions)
+        self._remote.send_steps([_rows(self.action_space, remote_actions, offset, size)
+                                 for offset, size in zip(self._remote.offsets,
+                                                         self._remote.sizes, strict=True)])
         try:
             local = self._local.step(local_actions)
         except BaseException as exc:
-            self._abandon_remote(self._remote.receive_steps, exc)
+            self._abandon_remote(exc)
             raise
-        obs, infos = self._local_half()  # while the workers finish
-        self._remote.results_ready(self.spin_s)
-        remote = self._remote.receive_steps()
-        return (self._remote_half(obs, infos), np.concatenate((local[1], remote[0])),
-                np.concatenate((local[2], remote[1])), np.concatenate((local[3], remote[2])),
-                infos)
+        obs = self._local_half()  # while the workers finish
+        rewards, terminations, truncations, remote_rows = self._remote.receive_steps()
+        obs, infos = self._remote_half(obs, remote_rows)
+        return (obs, np.array(local[1] + rewards, dtype=np.float64),
+                np.array(local[2] + terminations, dtype=np.bool_),
+                np.array(local[3] + truncations, dtype=np.bool_), infos)
+
+    def _part_bounds(self) -> list[tuple[int, int]]:
+        """[start, stop) of the local envs, then of each worker's group."""
+        k = self.local_envs
+        return [(0, k), *((k + offset, k + offset + size) for offset, size in
+                          zip(self._remote.offsets, self._remote.sizes, strict=True))]
 
     def _check_reset_mask(self, mask: Any) -> None:
         """gymnasium's checks of ``options["reset_mask"]``, with its messages."""
@@ -514,31 +775,26 @@ class HybridVectorEnv(LeanInfoMixin, gym.vector.VectorEnv):
             raise ValueError("`options['reset_mask']` must contain a boolean array with at "
                              f"least one True value, got reset_mask={mask}")
 
-    def _abandon_remote(self, wait: Callable[[], Any], exc: BaseException) -> None:
+    def _abandon_remote(self, exc: BaseException) -> None:
         """After the local part failed: collect the workers' pending results (dropping them
         and any error of theirs) so the env stays usable; on Ctrl-C leave them to ``close``."""
         if isinstance(exc, Exception):
-            try:
-                wait()
-            except Exception:
-                pass
-        self._remote.take_infos()
+            self._remote.wait_pending()
+        self._local.take_infos()  # the failed step's partial rows
 
-    def _local_half(self) -> tuple[Any, dict[str, Any]]:
-        """The batch's local rows: observations (in arrays for all envs) and infos."""
-        obs = _start_join(self.single_observation_space, self._local.rows, self.num_envs,
-                          self.copy)
-        infos: dict[str, Any] = {}
-        for i, info in self._local.take_infos():
-            self._add_info(infos, info, i)
-        return obs, infos
+    def _local_half(self) -> Any:
+        """The batch's local rows: observations, in arrays for all envs."""
+        return _start_join(self.single_observation_space, self._local.rows, self.num_envs,
+                           self.copy)
 
-    def _remote_half(self, obs: Any, infos: dict[str, Any]) -> Any:
-        """The workers' rows added to ``_local_half``'s (``infos`` in place)."""
-        for i, info in self._remote.take_infos():
-            self._add_info(infos, info, self.local_envs + i)
-        return _end_join(self.single_observation_space, obs, self._remote.observations,
-                         self.local_envs, self.copy)
+    def _remote_half(self, obs: Any, remote_rows: list[tuple[int, Any]],
+                     ) -> tuple[Any, dict[str, Any]]:
+        """The workers' rows added to ``_local_half``'s observations, and every env's infos
+        (``remote_rows``: (remote env, info))."""
+        rows = self._local.take_infos()
+        rows.extend((self.local_envs + i, info) for i, info in remote_rows)
+        return (_end_join(self.single_observation_space, obs, self._remote.observations,
+                          self.local_envs, self.copy), self._batch_infos(rows))
 
     # -- sub-env access --------------------------------------------------------------------
 
@@ -548,14 +804,13 @@ class HybridVectorEnv(LeanInfoMixin, gym.vector.VectorEnv):
             # AsyncVectorEnv's refusal, raised here so no worker dies of it
             raise ValueError(f"Trying to call function `{name}` with `call`, use `{name}` "
                              "directly instead.")
-        self._remote.call_async(name, *args, **kwargs)
+        self._remote.send_calls(name, args, kwargs)
         try:
             local = self._local.call(name, *args, **kwargs)
         except BaseException as exc:
-            self._abandon_remote(self._remote.call_wait, exc)
+            self._abandon_remote(exc)
             raise
-        self._remote.results_ready(self.spin_s)
-        return tuple(local) + tuple(self._remote.call_wait())
+        return tuple(local) + tuple(self._remote.receive_calls())
 
     def render(self) -> tuple[Any, ...] | None:
         return self.call("render")
@@ -589,8 +844,7 @@ class HybridVectorEnv(LeanInfoMixin, gym.vector.VectorEnv):
             try:
                 self._remote.close(timeout=timeout, terminate=terminate)
             except BaseException:
-                # e.g. the error a worker died of (Ctrl-C reaches the workers too), raised
-                # while collecting a pending result: the workers still have to go
+                # the workers still have to go, whatever stopped their orderly close
                 self._remote.close_now()
                 if not terminate:
                     raise
@@ -608,7 +862,7 @@ class HybridVectorEnv(LeanInfoMixin, gym.vector.VectorEnv):
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(num_envs={self.num_envs}, "
-                f"local_envs={self.local_envs})")
+                f"local_envs={self.local_envs}, workers={self.workers})")
 
 
 def _split(space: spaces.Space, batch: Any, k: int, n: int) -> tuple[Any, Any]:
@@ -626,6 +880,32 @@ def _split(space: spaces.Space, batch: Any, k: int, n: int) -> tuple[Any, Any]:
     if len(batch) != n:
         raise ValueError(f"expected a batch of {n} actions, got {len(batch)}")
     return batch[:k], batch[k:]
+
+
+def _check_hybrid_options(observation_mode: str, shared_memory: bool, worker: Any,
+                          spin_s: float) -> None:
+    """``AsyncVectorEnv`` options the hybrid cannot honour, refused with what to use."""
+    if observation_mode != "same":
+        raise ValueError("HybridVectorEnv supports observation_mode='same' only, got "
+                         f"{observation_mode!r}")
+    if not shared_memory:
+        raise ValueError("HybridVectorEnv's workers return observations in shared memory; "
+                         "use AsyncVectorEnv for shared_memory=False")
+    if worker is not None:
+        raise ValueError("HybridVectorEnv runs its own worker; use AsyncVectorEnv for a "
+                         "custom one")
+    if spin_s < 0:
+        raise ValueError(f"spin_s must be >= 0, got {spin_s!r}")
+
+
+def _rows(space: spaces.Space, batch: Any, start: int, size: int) -> Any:
+    """Rows ``start .. start+size-1`` of a batch of ``space`` (views where it is arrays)."""
+    if isinstance(space, spaces.Dict):
+        return {key: _rows(sub, batch[key], start, size) for key, sub in space.items()}
+    if isinstance(space, spaces.Tuple):
+        return tuple(_rows(sub, item, start, size)
+                     for sub, item in zip(space.spaces, batch, strict=True))
+    return batch[start:start + size]
 
 
 def _start_join(space: spaces.Space, rows: Sequence[Any], n: int, copy_objects: bool) -> Any:
@@ -706,14 +986,25 @@ def make_vec(
     return vec
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+
+
+def default_workers(remote_envs: int) -> int:
+    """Worker processes for ``remote_envs`` envs unless told: one per core left beside the
+    calling process (at least 1, at most one per env). More processes than cores would
+    take turns on them, each switch costing more than it saves."""
+    return max(1, min(remote_envs, _cores() - 1))
+
+
 def default_local_envs(num_envs: int) -> int:
     """Envs a ``HybridVectorEnv`` steps in the parent unless told: ``num_envs // cores``, at
     least 1 and at most ``num_envs - 1``, so each process has about as many envs as there
     are cores for; 0 (no hybrid) for a single env."""
     if num_envs < 2:
         return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return min(num_envs - 1, max(1, num_envs // (cores or 1)))
+    return min(num_envs - 1, max(1, num_envs // _cores()))
 
 
 def _make_async(env_fns: list[Callable[[], gym.Env]],
@@ -722,14 +1013,18 @@ def _make_async(env_fns: list[Callable[[], gym.Env]],
     kwargs = dict(kwargs)
     local = kwargs.pop("local_envs", None)
     spin_s = kwargs.pop("spin_s", SPIN_S)
+    workers = kwargs.pop("workers", None)
     if local is None:
         local = default_local_envs(len(env_fns))
         if (kwargs.get("observation_mode", "same") != "same" or kwargs.get("worker")
                 or not kwargs.get("shared_memory", True)):
             local = 0  # the hybrid's limits (module docstring): plain workers instead
     if local == 0:
+        if workers is not None:
+            raise ValueError("vector_kwargs 'workers' sets the hybrid's worker processes; "
+                             "without local envs (AsyncVectorEnv) each env has its own")
         return LeanAsyncVectorEnv(env_fns, **kwargs)
-    return HybridVectorEnv(env_fns, local_envs=local, spin_s=spin_s, **kwargs)
+    return HybridVectorEnv(env_fns, local_envs=local, workers=workers, spin_s=spin_s, **kwargs)
 
 
 def _lean_mode(vectorization_mode: Any) -> VectorizeMode | None:

@@ -102,6 +102,37 @@ def test_add_info_matches_gymnasium_for_every_value_kind():
     assert_same(merged[1], merged[0])
 
 
+def _one_by_one(rows):
+    merged = {}
+    for env_num, info in rows:
+        _Gym()._add_info(merged, info, env_num)
+    return merged
+
+
+def _uniform_info(k):
+    return {"task": "pick", "reward": 0.5 * k, "success": k == 2, "count": k,
+            "f32": np.float32(k), "pos": np.arange(3.0) + k, "pixel": np.ones(2, np.float32),
+            "none": None, "tags": ("a", k)}
+
+
+@pytest.mark.parametrize("rows", [
+    pytest.param([(k, _uniform_info(k)) for k in range(3)], id="uniform"),
+    pytest.param([(0, _uniform_info(0)), (1, {"reward": 1.0}), (2, _uniform_info(2))],
+                 id="keys-differ"),
+    pytest.param([(0, {"x": 1}), (1, {"x": 2.5}), (2, {"x": 3})], id="kinds-differ"),
+    pytest.param([(0, {"a": np.ones(3)}), (1, {"a": np.full(1, 2.0)}), (2, {"a": np.ones(3)})],
+                 id="shapes-differ"),
+    pytest.param([(0, {"x": 1.0}), (2, {"x": 2.0})], id="env-missing"),
+    pytest.param([(0, {"x": 1.0}), (0, {"final_obs": 1, "final_info": {"x": 1.0}}),
+                  (1, {"x": 2.0}), (2, {"x": 3.0})], id="same-step-final"),
+    pytest.param([(k, {"d": {"inner": float(k)}}) for k in range(3)], id="nested"),
+])
+def test_batch_infos_matches_adding_infos_one_by_one(rows):
+    """The one-pass batching gives gymnasium's batches: values, dtypes, masks, key order."""
+    ours, theirs = _Lean()._batch_infos(rows), _one_by_one(rows)
+    assert_same(ours, theirs)
+
+
 def test_bad_mode_action_and_closed_env_raise_as_before():
     with pytest.raises(ValueError, match="vectorization mode"):
         vla_gym.make_vec(MULTI, num_envs=2, vectorization_mode="threads")
@@ -207,6 +238,35 @@ def test_hybrid_matches_sync_with_autoreset_disabled_and_masked_resets():
     assert_same(a, b)
 
 
+def test_hybrid_workers_step_groups_of_envs_as_sync_does():
+    """Three remote envs in two workers (groups of 2 and 1): masked resets that reach some
+    groups and not others, the info keys of several task families, set/get by group."""
+    disabled = {"autoreset_mode": AutoresetMode.DISABLED}
+    ours = _hybrid(MULTI, num_envs=4, local_envs=1, workers=2, **disabled)
+    assert ours.workers == 2 and ours._remote.sizes == [2, 1]
+    assert [p.name for p in ours._remote.processes] == ["vla_gym-worker-0-1",
+                                                         "vla_gym-worker-2-2"]
+    ours.set_attr("note", ["a", "b", "c", "d"])
+    assert ours.get_attr("note") == ("a", "b", "c", "d")
+    theirs = vla_gym.make_vec(MULTI, num_envs=4, vector_kwargs=disabled, **SMALL)
+    assert_same(_run_disabled(ours, 120), _run_disabled(theirs, 120))
+
+
+def test_hybrid_defaults_to_one_worker_per_spare_core(monkeypatch):
+    from vla_gym import vector
+
+    monkeypatch.setattr(vector, "_cores", lambda: 2)
+    assert [vector.default_workers(r) for r in (1, 4)] == [1, 1]
+    assert [vector.default_local_envs(n) for n in (1, 2, 3, 8)] == [0, 1, 1, 4]
+    monkeypatch.setattr(vector, "_cores", lambda: 8)
+    assert [vector.default_workers(r) for r in (1, 3, 7, 14)] == [1, 3, 7, 7]
+    with pytest.raises(ValueError, match=r"workers must be an integer .* = \[1, 2\], got 3"):
+        _hybrid(PICK, num_envs=3, local_envs=1, workers=3)
+    with pytest.raises(ValueError, match="workers"):
+        vla_gym.make_vec(PICK, num_envs=2, vectorization_mode="async",
+                         vector_kwargs={"local_envs": 0, "workers": 1}, **SMALL)
+
+
 def test_hybrid_call_render_get_and_set_attr_match_sync():
     kwargs = {"image_size": 32, "render_mode": "rgb_array"}
     ours = vla_gym.make_vec(PICK, num_envs=3, vectorization_mode="async", **kwargs)
@@ -306,12 +366,11 @@ def test_step_messages_round_trip_actions_and_results(action):
         decoded[...] = 0  # the worker's copy, not a view of the message
         assert decode_step(message).tobytes() == np.ascontiguousarray(action).tobytes()
 
-    info = {"task": "pick", "target_pos": np.arange(3.0), "is_success": False}
-    reward, terminated, truncated, back = decode_step_result(
-        encode_step_result(((None, 0.25, True, False, info), True)))
-    assert (reward, terminated, truncated) == (0.25, True, False)
-    assert_same(back, info)
-    assert decode_step_result(encode_step_result((None, False))) is None
+    rows = [(0, {"task": "pick", "target_pos": np.arange(3.0), "is_success": False}),
+            (1, {"task": "push", "target_pos": np.ones(3), "is_success": True})]
+    result = decode_step_result(encode_step_result([0.25, -1e-300], [True, False],
+                                                   [False, True], rows), 2)
+    assert_same(result, ([0.25, -1e-300], [True, False], [False, True], rows))
 
 
 def test_hybrid_raises_an_error_from_a_worker_env_alone():
