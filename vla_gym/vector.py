@@ -192,9 +192,10 @@ class _RecordInfoMixin:
 
 
 class _LocalPart(_RecordInfoMixin, gym.vector.SyncVectorEnv):
-    """The hybrid's in-process envs. ``step`` leaves each env's observation as it came
-    (``rows``, also what ``reset`` leaves there): the hybrid copies each straight into its
-    output batch, where ``SyncVectorEnv`` would first batch them into arrays of its own."""
+    """The hybrid's in-process envs, and each worker's group. ``step`` leaves each env's
+    observation as it came (``rows``, also what ``reset`` leaves there): the hybrid copies
+    each straight into its output batch (a worker into shared memory), where
+    ``SyncVectorEnv`` would first batch them into arrays of its own."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._raw_infos = []
@@ -320,6 +321,16 @@ def _error_message(exc: BaseException) -> bytes:
         return _FAILED + pickle.dumps((type(exc), str(exc), trace))
     except Exception:
         return _FAILED + pickle.dumps((RuntimeError, f"{type(exc).__name__}: {exc}", trace))
+
+
+def _rebuilt_error(kind: Any, text: str) -> BaseException:
+    """The worker's exception, as its type built from its message where that works."""
+    if isinstance(kind, type) and issubclass(kind, BaseException):
+        try:
+            return kind(text)
+        except Exception:  # a type whose constructor wants more than a message
+            pass
+    return WorkerError(f"{getattr(kind, '__name__', kind)}: {text}")
 
 
 class WorkerError(Exception):
@@ -528,10 +539,8 @@ class _WorkerGroups:
         self._pending = None
         if errors:
             kind, text, trace = errors[0]
-            if not (isinstance(kind, type) and issubclass(kind, BaseException)):
-                kind, text = WorkerError, f"{kind}: {text}"
             logger.error("a vla_gym vector worker failed:\n%s", trace)
-            raise kind(text)
+            raise _rebuilt_error(kind, text)
         return replies
 
     def results_ready(self) -> None:

@@ -433,3 +433,19 @@ def test_worker_observation_writer_writes_gymnasiums_bytes(index):
     bad = {**obs, "state": obs["state"][:-1]}
     with pytest.raises(ValueError):
         writer(space, index, bad, ours)
+
+
+def test_worker_errors_come_back_as_their_type_or_a_worker_error():
+    from vla_gym.vector import WorkerError, _rebuilt_error
+
+    class NeedsTwo(Exception):
+        def __init__(self, a, b):
+            super().__init__(a, b)
+
+    error = _rebuilt_error(ValueError, "action must be finite")
+    assert type(error) is ValueError and str(error) == "action must be finite"
+    assert type(_rebuilt_error(KeyboardInterrupt, "")) is KeyboardInterrupt
+    for kind in (NeedsTwo, "not a type"):
+        error = _rebuilt_error(kind, "boom")
+        assert type(error) is WorkerError and "boom" in str(error)
+    assert "NeedsTwo: boom" in str(_rebuilt_error(NeedsTwo, "boom"))
