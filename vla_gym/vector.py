@@ -144,10 +144,15 @@ def _uniform_columns(rows: Sequence[tuple[int, dict[str, Any]]], n: int,
     return columns
 
 
+def _is_scalar_kind(kind: type) -> bool:
+    """Whether gymnasium batches values of this type into a 1-D array of that dtype."""
+    return kind in (int, float, bool) or issubclass(kind, np.number)
+
+
 def _info_column(values: list[Any], n: int) -> np.ndarray:
     """``values`` (one per env, of one kind) in the array ``empty_info_batch`` would give."""
     kind = type(values[0])
-    if kind in (int, float, bool) or issubclass(kind, np.number):
+    if _is_scalar_kind(kind):
         return np.array(values, dtype=kind)
     if kind is np.ndarray:
         return np.array(values)
@@ -160,7 +165,7 @@ def _info_column(values: list[Any], n: int) -> np.ndarray:
 def empty_info_batch(value: Any, n: int) -> np.ndarray:
     """The array ``VectorEnv._add_info`` batches ``value``'s key into (gymnasium's rule)."""
     kind = type(value)
-    if kind in (int, float, bool) or issubclass(kind, np.number):
+    if _is_scalar_kind(kind):
         return np.zeros(n, dtype=kind)
     if isinstance(value, np.ndarray):
         return np.zeros((n, *value.shape), dtype=value.dtype)
@@ -875,20 +880,8 @@ class HybridVectorEnv(LeanInfoMixin, gym.vector.VectorEnv):
 
 
 def _split(space: spaces.Space, batch: Any, k: int, n: int) -> tuple[Any, Any]:
-    """A batch of ``space`` cut into its first ``k`` rows and the rest."""
-    if isinstance(space, spaces.Dict):
-        parts = {key: _split(sub, batch[key], k, n) for key, sub in space.items()}
-        return ({key: p[0] for key, p in parts.items()}, {key: p[1] for key, p in parts.items()})
-    if isinstance(space, spaces.Tuple):
-        parts = [_split(sub, item, k, n) for sub, item in zip(space.spaces, batch, strict=True)]
-        return tuple(p[0] for p in parts), tuple(p[1] for p in parts)
-    if not isinstance(batch, np.ndarray) and isinstance(space, (spaces.Box, spaces.Discrete,
-                                                                spaces.MultiDiscrete,
-                                                                spaces.MultiBinary)):
-        batch = np.asarray(batch)
-    if len(batch) != n:
-        raise ValueError(f"expected a batch of {n} actions, got {len(batch)}")
-    return batch[:k], batch[k:]
+    """A batch of ``n`` actions of ``space`` cut into its first ``k`` rows and the rest."""
+    return _rows(space, batch, 0, k, n), _rows(space, batch, k, n - k, n)
 
 
 def _check_hybrid_options(observation_mode: str, shared_memory: bool, worker: Any,
@@ -907,13 +900,18 @@ def _check_hybrid_options(observation_mode: str, shared_memory: bool, worker: An
         raise ValueError(f"spin_s must be >= 0, got {spin_s!r}")
 
 
-def _rows(space: spaces.Space, batch: Any, start: int, size: int) -> Any:
-    """Rows ``start .. start+size-1`` of a batch of ``space`` (views where it is arrays)."""
+def _rows(space: spaces.Space, batch: Any, start: int, size: int, n: int | None = None) -> Any:
+    """Rows ``start .. start+size-1`` of a batch of ``space`` (views where it is arrays);
+    with ``n``, every part of the batch must have ``n`` rows."""
     if isinstance(space, spaces.Dict):
-        return {key: _rows(sub, batch[key], start, size) for key, sub in space.items()}
+        return {key: _rows(sub, batch[key], start, size, n) for key, sub in space.items()}
     if isinstance(space, spaces.Tuple):
-        return tuple(_rows(sub, item, start, size)
+        return tuple(_rows(sub, item, start, size, n)
                      for sub, item in zip(space.spaces, batch, strict=True))
+    if not isinstance(batch, np.ndarray) and isinstance(space, _ARRAY_SPACES):
+        batch = np.asarray(batch)
+    if n is not None and len(batch) != n:
+        raise ValueError(f"expected a batch of {n} actions, got {len(batch)}")
     return batch[start:start + size]
 
 
