@@ -99,9 +99,8 @@ def _raw_stepper(env_id: str):
     return step, env
 
 
-def measure_env(env_id: str, steps: int, pin: bool = True) -> float:
-    if pin:
-        _pin_one_core()
+def measure_env(env_id: str, steps: int) -> float:
+    _pin_one_core()
     step, env = _env_stepper(env_id)
     rate = _time_loop(step, steps)
     env.close()

@@ -236,9 +236,6 @@ class _LocalPart(_RecordInfoMixin, gym.vector.SyncVectorEnv):
             terminations.append(bool(terminated))
             truncations.append(bool(truncated))
             self._autoreset_envs[i] = terminated or truncated
-        # SyncVectorEnv's own record of the flags, which its reset clears by mask
-        self._terminations[:] = terminations
-        self._truncations[:] = truncations
         return self._env_obs, rewards, terminations, truncations
 
 
