@@ -35,7 +35,7 @@ def test_vector_env_batches_instruction_and_images(mode):
     assert obs["instruction"][0] != obs["instruction"][1]
     first = tuple(obs["instruction"])
     obs, reward, terminated, truncated, info = envs.step(np.zeros((2, 7), np.float32))
-    assert reward.shape == (2,) and obs["state"].shape == (2, 20)
+    assert reward.shape == (2,) and obs["state"].shape == (2, 21)
     obs, info = envs.reset(seed=[5, 6])
     assert tuple(obs["instruction"]) != first  # the batched instruction follows the episodes
     envs.close()

@@ -145,15 +145,20 @@ BASE_VELOCITY = ActionContract(
 )
 
 # What each entry of the proprioceptive ``state`` is, per robot (keyed by its action contract).
+# ``gripper_velocity`` is how fast the gripper opening changes (m/s, negative while closing).
 ARM_STATE_FIELDS: tuple[str, ...] = (
     *(f"q{i}" for i in range(1, 7)), *(f"dq{i}" for i in range(1, 7)), "gripper_opening",
-    "ee_x", "ee_y", "ee_z", "ee_qw", "ee_qx", "ee_qy", "ee_qz",
+    "ee_x", "ee_y", "ee_z", "ee_qw", "ee_qx", "ee_qy", "ee_qz", "gripper_velocity",
 )
 BASE_STATE_FIELDS: tuple[str, ...] = ("x", "y", "yaw", "v", "omega")
 STATE_FIELDS: dict[str, tuple[str, ...]] = {
     ARM_EE_DELTA.name: ARM_STATE_FIELDS,
     BASE_VELOCITY.name: BASE_STATE_FIELDS,
 }
+# The velocities a cloned policy leaves out by default (BCConfig.state_velocities): they mostly
+# echo the previous command, which a policy then copies. The gripper's velocity is not among
+# them: it is what tells that the fingers have settled on an object, the moment a grasp turns
+# into a lift (the scripted expert lifts then), and no other entry shows it.
 VELOCITY_FIELDS = frozenset({*(f"dq{i}" for i in range(1, 7)), "v", "omega"})
 
 

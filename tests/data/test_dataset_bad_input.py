@@ -24,7 +24,7 @@ def test_dataset_of_another_env_is_rejected(pick_root):
     with pytest.raises(IncompatibleDatasetError) as err:
         check_compatible(demos, "vla_gym/NavGoTo-v0")
     message = str(err.value)
-    assert "NavGoTo" in message and "observation['state'] (20,)" in message
+    assert "NavGoTo" in message and "observation['state'] (21,)" in message
     assert "action (7,)" in message and "(2,)" in message
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from vla_gym.envs.robots import arm as arm_module
 from vla_gym.envs.robots.arm import ArmConfig, ArmRobot
+from vla_gym.types import ARM_STATE_FIELDS
 
 FRAME_SKIP = 10
 OBJECTS = {
@@ -78,7 +79,7 @@ def goto(sim: tuple, goal: np.ndarray, grip: float, steps: int) -> None:
 def test_state_shape_and_dtype(sim: tuple) -> None:
     _, data, arm = sim
     state = arm.state(data)
-    assert state.shape == (ArmRobot.STATE_DIM,) == (20,)
+    assert state.shape == (ArmRobot.STATE_DIM,) == (21,)
     assert state.dtype == np.float32
     np.testing.assert_allclose(state[13:16], arm.ee_pos(data), atol=1e-6)
     assert abs(np.linalg.norm(state[16:20]) - 1.0) < 1e-5
@@ -167,6 +168,22 @@ def test_gripper_closes_and_opens(sim: tuple) -> None:
     assert arm.gripper_opening(data) < 0.003
     step(sim, action(grip=-1.0), 15)
     assert arm.gripper_opening(data) > 0.077
+
+
+def test_state_carries_the_gripper_velocity(sim: tuple) -> None:
+    """The last state entry is d(opening)/dt: negative while the fingers close, about zero once
+    they have stopped (what tells a policy a grasp has settled)."""
+    _, data, arm = sim
+    field = ARM_STATE_FIELDS.index("gripper_velocity")
+    assert arm.state(data)[field] == pytest.approx(0.0, abs=1e-6)  # at rest after reset
+    before = arm.gripper_opening(data)
+    step(sim, action(grip=1.0), 2)
+    closing = arm.state(data)[field]
+    assert closing < -0.05  # m/s, a 2-step close moves the fingers centimetres per second
+    assert closing == pytest.approx(arm.gripper_velocity(data)) == -arm.gripper_speed(data)
+    assert arm.gripper_opening(data) < before
+    step(sim, action(grip=1.0), 30)
+    assert abs(arm.state(data)[field]) < 0.005  # settled fully closed
 
 
 def test_geom_id_sets(sim: tuple) -> None:

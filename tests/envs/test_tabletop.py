@@ -65,7 +65,7 @@ def test_image_observation_shape_and_content(env):
     obs, info = env.reset(seed=3)
     assert obs["image"].shape == (96, 96, 3) and obs["image"].dtype == np.uint8
     assert obs["image"].std() > 5  # a real rendered scene, not a blank frame
-    assert obs["state"].shape == (20,) and obs["state"].dtype == np.float32
+    assert obs["state"].shape == (21,) and obs["state"].dtype == np.float32
     assert env.observation_space.contains(obs)
 
 

@@ -103,9 +103,9 @@ def test_rollout_of_a_wrist_policy_opens_the_wrist_camera(tmp_path):
     assert summary.episodes == 1 and summary.policy == str(path)
 
 
-@pytest.mark.parametrize("indices", [(0, 20), (3, 3), (-1,)])
+@pytest.mark.parametrize("indices", [(0, 21), (3, 3), (-1,)])
 def test_bad_state_indices_are_refused(indices):
-    with pytest.raises(ValueError, match="state_indices must be distinct indices into the 20-D"):
+    with pytest.raises(ValueError, match="state_indices must be distinct indices into the 21-D"):
         tiny_config(state_indices=indices)
 
 

@@ -22,7 +22,7 @@ def obs(tabletop_batch) -> dict:
 
 
 def test_missing_keys_are_named(policy, obs):
-    with pytest.raises(ObservationError, match=r"missing \['state'\].*'state': float \(B, 20\)"):
+    with pytest.raises(ObservationError, match=r"missing \['state'\].*'state': float \(B, 21\)"):
         policy.predict({k: v for k, v in obs.items() if k != "state"})
     with pytest.raises(ObservationError, match="must be a dict"):
         policy.predict([obs])
@@ -59,7 +59,7 @@ def test_bad_instructions(policy, obs):
 
 
 def test_bad_state(policy, obs):
-    with pytest.raises(ObservationError, match=r"shape \(6, 20\), got \(6, 19\)"):
+    with pytest.raises(ObservationError, match=r"shape \(6, 21\), got \(6, 19\)"):
         policy.predict({**obs, "state": obs["state"][:, :19]})
     nan = obs["state"].copy()
     nan[0, 0] = np.nan

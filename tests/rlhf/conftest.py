@@ -12,6 +12,9 @@ pytest.importorskip("stable_baselines3")
 from rlhf_helpers import expert_segments, tiny_policy_config  # noqa: E402
 
 from vla_gym.training.preferences import SegmentSet  # noqa: E402
+from vla_gym.types import ARM_STATE_FIELDS
+
+STATE_DIM = len(ARM_STATE_FIELDS)
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +33,7 @@ def tiny_bc(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rng = np.random.default_rng(0)
     policy = VLAPolicy(tiny_policy_config())
     policy.set_normalization(actions=rng.normal(0.1, 0.3, (64, 7)),
-                             states=rng.normal(0.5, 2.0, (64, 20)))
+                             states=rng.normal(0.5, 2.0, (64, STATE_DIM)))
     path = tmp_path_factory.mktemp("tiny_bc") / "policy"
     policy.save_pretrained(path)
     return path

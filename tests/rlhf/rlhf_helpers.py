@@ -10,6 +10,9 @@ from vla_gym.policies import VLAConfig
 from vla_gym.policies.configuration import FusionConfig, HeadConfig, LanguageConfig, VisionConfig
 from vla_gym.training.preferences import SegmentSet, Variant, collect_segments
 from vla_gym.training.reward_model import RewardModelConfig
+from vla_gym.types import ARM_STATE_FIELDS
+
+STATE_DIM = len(ARM_STATE_FIELDS)
 
 PICK = "vla_gym/TabletopPick-v0"
 ENV_KWARGS = {"image_size": 32, "terminate_on_success": False}
@@ -56,7 +59,7 @@ def synthetic_segments(n: int = 8, length: int = 4, groups: int = 2, seed: int =
     return SegmentSet(
         env_id=env_id,
         images=rng.integers(0, 255, (n, length, size, size, 3), dtype=np.uint8),
-        states=rng.normal(size=(n, length, 20)).astype(np.float32),
+        states=rng.normal(size=(n, length, STATE_DIM)).astype(np.float32),
         instructions=np.array([f"pick up the {'red' if i % groups else 'blue'} cube"
                                for i in range(n)]),
         true_rewards=np.tile(np.arange(n, dtype=np.float32)[:, None], (1, length)),

@@ -23,6 +23,9 @@ from vla_gym.training.preferences import (
     write_query_set,
 )
 from vla_gym.training.query_files import QueryFileError
+from vla_gym.types import ARM_STATE_FIELDS
+
+STATE_DIM = len(ARM_STATE_FIELDS)
 
 
 def test_oracle_prefers_more_progress_and_calls_near_ties_equal():
@@ -88,7 +91,8 @@ def test_collect_segments_cuts_seeded_rollouts_into_full_windows():
                                         **{**kwargs, "env_kwargs": {**ENV_KWARGS,
                                                                     "render_size": 48}})
     assert len(segments) == 6  # 100 steps -> three 30-step windows, per variant
-    assert segments.images.shape == (6, 30, 32, 32, 3) and segments.states.shape == (6, 30, 20)
+    assert segments.images.shape == (6, 30, 32, 32, 3)
+    assert segments.states.shape == (6, 30, STATE_DIM)
     assert len(set(segments.instructions)) == 1 and set(segments.seeds) == {5}
     assert list(segments.starts) == [0, 30, 60] * 2
     assert frames is not None and frames[0].shape == (30, 48, 48, 3)

@@ -25,11 +25,14 @@ from vla_gym.training.rlhf import (
     run_rlhf,
 )
 from vla_gym.training.sb3_init import export_policy
+from vla_gym.types import ARM_STATE_FIELDS
+
+STATE_DIM = len(ARM_STATE_FIELDS)
 
 
 @pytest.fixture(scope="module")
 def reward_model() -> RewardEnsemble:
-    return RewardEnsemble(tiny_reward_config(), state_dim=20).eval()
+    return RewardEnsemble(tiny_reward_config(), state_dim=STATE_DIM).eval()
 
 
 def tiny_loop_config(**changes) -> RLHFConfig:
@@ -95,7 +98,7 @@ def test_rl_actor_starts_as_the_bc_policy_and_exports_back(tiny_bc, algo, tmp_pa
     if algo == "ppo":  # as BC trains it: the state MLP reads a subset (no velocities)
         reads = VLAPolicy(policy.config.replace(state_indices=(0, 1, 2, 12, 13, 14, 15)))
         reads.set_normalization(actions=np.random.default_rng(0).normal(0.1, 0.3, (64, 7)),
-                                states=np.random.default_rng(1).normal(0.5, 2.0, (64, 20)))
+                                states=np.random.default_rng(1).normal(0.5, 2.0, (64, STATE_DIM)))
         policy = VLAPolicy.from_pretrained(reads.save_pretrained(tmp_path / "subset")).eval()
     venv = make_rl_env(PICK, ENV_KWARGS, policy, None, 0.0, n_envs=2, seed=0)
     model = build_model(policy, venv, RLConfig(algo=algo, n_steps=16, batch_size=16))
@@ -145,7 +148,7 @@ def test_rl_actor_of_a_target_geometry_policy_starts_at_its_bc_actions(tiny_bc, 
         aux={"grounding_weight": 1.0, "grounding_classes": ("red cube",)},
         state_indices=(0, 1, 2, 12, 13, 14, 15)))
     geometry.set_normalization(actions=np.random.default_rng(0).normal(0.1, 0.3, (64, 7)),
-                               states=np.random.default_rng(1).normal(0.5, 2.0, (64, 20)))
+                               states=np.random.default_rng(1).normal(0.5, 2.0, (64, STATE_DIM)))
     policy = VLAPolicy.from_pretrained(geometry.save_pretrained(tmp_path / "geo")).eval()
     venv = make_rl_env(PICK, ENV_KWARGS, policy, None, 0.0, n_envs=2, seed=0)
     model = build_model(policy, venv, RLConfig(algo="ppo", n_steps=16, batch_size=16))
@@ -192,7 +195,7 @@ def test_a_wrist_camera_bc_policy_gets_its_cameras_in_every_env_of_the_loop(tmp_
     rng = np.random.default_rng(0)
     policy = VLAPolicy(tiny_policy_config(views=("image", "wrist_image")))
     policy.set_normalization(actions=rng.normal(0.1, 0.3, (64, 7)),
-                             states=rng.normal(0.5, 2.0, (64, 20)))
+                             states=rng.normal(0.5, 2.0, (64, STATE_DIM)))
     bc = policy.save_pretrained(tmp_path / "bc")
     # queries, RL and evaluation all open the wrist camera the policy reads
     metrics = run_rlhf(tiny_loop_config(labels=12, iterations=1, rl_steps=64), bc,

@@ -62,7 +62,7 @@ def test_expert_policy_object_with_recording(bridge, arm_robot, bus, tmp_path: P
     assert len(episodes) == 2
     first = episodes[0]
     steps = len(first["action"])
-    assert first["image"].shape == (steps, 96, 96, 3) and first["state"].shape == (steps, 20)
+    assert first["image"].shape == (steps, 96, 96, 3) and first["state"].shape == (steps, 21)
     assert first["action"].shape == (steps, 7) and first["command"].shape == (steps, 6)
     assert len(set(first["instruction"].tolist())) == 1
     meta = json.loads((tmp_path / "rec" / "meta.json").read_text())
@@ -123,7 +123,7 @@ def test_dry_run_deploy_sends_nothing(bridge, arm_robot, bus) -> None:
 
 
 def test_policy_adapters_and_specs(bridge, arm_robot, bus) -> None:
-    obs = {"image": np.zeros((96, 96, 3), np.uint8), "state": np.zeros(20, np.float32),
+    obs = {"image": np.zeros((96, 96, 3), np.uint8), "state": np.zeros(21, np.float32),
            "instruction": "pick up the cube"}
 
     class Predictor:

@@ -15,7 +15,7 @@ from vla_gym.sim2real.convert import rgb_to_image
 from vla_gym.sim2real.messages import Float64MultiArray, Image, String
 from vla_gym.sim2real.robot_env import RosRobotEnv
 from vla_gym.sim2real.transports.memory import MemoryTransport
-from vla_gym.types import ARM_EE_DELTA, BASE_VELOCITY
+from vla_gym.types import ARM_EE_DELTA, ARM_STATE_FIELDS, BASE_VELOCITY
 
 NAV = "vla_gym/NavGoTo-v0"
 needs_nav = pytest.mark.skipif(NAV not in __import__("vla_gym").ENV_TABLE,
@@ -214,11 +214,16 @@ def test_tabletop_expert_episode_through_an_in_memory_bridge(arm_robot, bus) -> 
         obs, info = env.reset(seed=1)
         assert info["episode"]["seed"] == 1 and obs["instruction"] == info["episode"][
             "instruction"]
+        closing = []
         for _ in range(100):
             obs, _, terminated, truncated, info = env.step(np.asarray(expert.latest().msg.data))
+            # the robot's state is the sim's, quaternion sign and gripper velocity included
+            np.testing.assert_allclose(obs["state"], bridge.observation["state"], atol=1e-6)
+            closing.append(obs["state"][ARM_STATE_FIELDS.index("gripper_velocity")] < -0.1)
             if terminated or truncated:
                 break
         assert terminated and info["is_success"]
+        assert any(closing)  # the grasp showed in the velocity the joint states carried
     finally:
         env.close()
         bridge.close()

@@ -29,7 +29,7 @@ def _config(**changes):
 def test_demos_from_expert_hold_aligned_arrays(pick_demos):
     d = pick_demos
     assert d.images.shape[1:] == (48, 48, 3) and d.images.dtype == np.uint8
-    assert d.actions.shape == (len(d), 7) and d.states.shape == (len(d), 20)
+    assert d.actions.shape == (len(d), 7) and d.states.shape == (len(d), 21)
     assert d.num_episodes == 3 and len(set(d.instructions)) == 3
     assert d.target_pos.shape == (len(d), 3) and d.target_pixel.shape == (len(d), 2)
     assert np.isfinite(d.target_pixel).all() and ((d.target_pixel > 0) & (d.target_pixel < 1)).all()
@@ -313,19 +313,22 @@ def test_gripper_blips_show_a_closing_gripper_labelled_open():
 
 
 def test_bc_policies_do_not_read_velocities_unless_asked(pick_demos, tmp_path):
-    """Velocities are left out of the policy's state by default (the copycat shortcut)."""
+    """Joint velocities are left out of the policy's state by default (the copycat shortcut);
+    the gripper's velocity is read (it tells when the fingers have settled)."""
     from vla_gym.types import ARM_STATE_FIELDS
 
     trainer = BCTrainer(pick_demos, tmp_path / "a", _config(steps=1))
     velocity = [i for i, name in enumerate(ARM_STATE_FIELDS) if name.startswith("dq")]
     assert trainer.policy.config.state_indices == tuple(
-        i for i in range(20) if i not in velocity)
+        i for i in range(len(ARM_STATE_FIELDS)) if i not in velocity)
     obs = pick_demos.batch(np.arange(3))
     moved = {**obs, "state": obs["state"].copy()}
     moved["state"][:, velocity] += 5.0
     np.testing.assert_array_equal(trainer.policy.predict(obs), trainer.policy.predict(moved))
-    moved["state"][:, 13] += 0.1  # the end-effector position is read
-    assert not np.array_equal(trainer.policy.predict(obs), trainer.policy.predict(moved))
+    for read in ("ee_x", "gripper_velocity"):
+        moved = {**obs, "state": obs["state"].copy()}
+        moved["state"][:, ARM_STATE_FIELDS.index(read)] += 0.1
+        assert not np.array_equal(trainer.policy.predict(obs), trainer.policy.predict(moved))
     with_velocity = BCTrainer(pick_demos, tmp_path / "b", _config(steps=1, state_velocities=True))
     assert with_velocity.policy.config.state_indices == ()
 

@@ -12,7 +12,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from vla_gym.types import ARM_EE_DELTA, BASE_VELOCITY, CAMERA_OF_VIEW, IMAGE, ActionContract
+from vla_gym.types import (
+    ARM_EE_DELTA,
+    ARM_STATE_FIELDS,
+    BASE_VELOCITY,
+    CAMERA_OF_VIEW,
+    IMAGE,
+    ActionContract,
+)
 
 FORMAT_VERSION = 1
 
@@ -257,7 +264,7 @@ class VLAConfig:
     # Image observations read, main camera first; each extra view (e.g. "wrist_image") gets
     # its own encoder and fusion, their features concatenated.
     views: tuple[str, ...] = (IMAGE,)
-    state_dim: int = 20
+    state_dim: int = len(ARM_STATE_FIELDS)
     use_state: bool = True
     # Which entries of the state vector the policy reads; () = all. Leaving out velocities
     # keeps a cloned policy from copying its own previous action (velocity ~ last command),

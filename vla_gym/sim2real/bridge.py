@@ -41,6 +41,7 @@ from vla_gym.sim2real.messages import (
     Twist,
     TwistStamped,
 )
+from vla_gym.sim2real.observer import ArmStateLayout
 from vla_gym.sim2real.transports import (
     QOS_DEFAULT,
     QOS_LATCHED,
@@ -92,6 +93,11 @@ class SimBridge:
         self.done = False
         self._obs: dict[str, Any] = {}
         self._next_camera = self._next_state = self._next_instruction = 0.0
+
+    @property
+    def observation(self) -> dict[str, Any]:
+        """The sim's own latest observation (what the robot's topics were built from)."""
+        return self._obs
 
     def open(self) -> SimBridge:
         """Make the env, the topics and the first episode, in the thread that will step it
@@ -260,14 +266,17 @@ class SimBridge:
             self.odom_pub.publish(array_to_odometry(x, y, yaw, v, omega, stamp, r.frames.odom,
                                                     r.frames.base))
             return
-        n = len(r.arm.joints)
-        fingers = [state[2 * n] / len(r.arm.gripper_joints)] * len(r.arm.gripper_joints)
+        n, k = len(r.arm.joints), len(r.arm.gripper_joints)
+        at = ArmStateLayout(n)
+        # the opening and its velocity, shared evenly by the finger joints (they sum back)
+        fingers = [float(state[at.opening]) / k] * k
+        finger_velocities = [float(state[at.gripper_velocity]) / k] * k
         names = list(r.arm.joints) + list(r.arm.gripper_joints)
         self.joint_pub.publish(JointState(
             header(stamp, r.frames.base), names, [*state[:n].tolist(), *fingers],
-            [*state[n:2 * n].tolist(), *([0.0] * len(fingers))], []))
-        self.pose_pub.publish(pose_stamped(state[2 * n + 1:2 * n + 4], state[2 * n + 4:],
-                                           stamp, r.frames.base))
+            [*state[n:2 * n].tolist(), *finger_velocities], []))
+        self.pose_pub.publish(pose_stamped(state[at.ee_pos], state[at.ee_quat], stamp,
+                                           r.frames.base))
 
     # -- loop ---------------------------------------------------------------------------------
     def run(self, duration: float | None = None) -> None:

@@ -56,7 +56,8 @@ class Arm:
     gripper_joints: tuple[str, ...] = ()  # opening = sum of their positions
     gripper_open: float = 0.04  # gripper command value sent for grip = -1
     gripper_closed: float = 0.0  # ... and for grip = +1
-    ee_quat_reference: tuple[float, ...] = (0.0, 1.0, 0.0, 0.0)  # wxyz; sign of q chosen near it
+    # wxyz; the sign of q is chosen near it (the sim arm: gripper pointing down, 180 deg about y)
+    ee_quat_reference: tuple[float, ...] = (0.0, 0.0, 1.0, 0.0)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -42,9 +43,38 @@ def wrap_angle(angle: float) -> float:
     return (angle + math.pi) % (2.0 * math.pi) - math.pi
 
 
+@dataclass(frozen=True)
+class ArmStateLayout:
+    """Where each part of an arm's state sits, for an arm of ``joints`` joints (the sim arm's
+    ``ARM_STATE_FIELDS`` with 6): q, dq, gripper opening, EE pos, EE quat wxyz, gripper
+    opening velocity."""
+
+    joints: int
+
+    @property
+    def opening(self) -> int:
+        return 2 * self.joints
+
+    @property
+    def ee_pos(self) -> slice:
+        return slice(self.opening + 1, self.opening + 4)
+
+    @property
+    def ee_quat(self) -> slice:
+        return slice(self.opening + 4, self.opening + 8)
+
+    @property
+    def gripper_velocity(self) -> int:
+        return self.opening + 8
+
+    @property
+    def dim(self) -> int:
+        return self.gripper_velocity + 1
+
+
 def state_dim(robot: RobotConfig) -> int:
-    """Base: odometry [x, y, yaw, v, omega]; arm: q, dq, gripper opening, EE pos, EE quat."""
-    return 5 if robot.kind == "base" else 2 * len(robot.arm.joints) + 1 + 3 + 4
+    """Base: odometry [x, y, yaw, v, omega]; arm: :class:`ArmStateLayout`."""
+    return 5 if robot.kind == "base" else ArmStateLayout(len(robot.arm.joints)).dim
 
 
 class JointCache:
@@ -151,7 +181,7 @@ class RobotObserver:
         if self.joints.error:
             raise MessageError(self.joints.error)
         q, dq = self.joints.get(arm.joints)
-        fingers, _ = self.joints.get(arm.gripper_joints)
+        fingers, finger_velocities = self.joints.get(arm.gripper_joints)
         latest = self.ee.latest()
         if latest is None:
             raise MessageError(f"no end-effector pose received on {self.ee.topic}")
@@ -162,7 +192,8 @@ class RobotObserver:
         quat = quat / norm
         if float(quat @ np.asarray(arm.ee_quat_reference)) < 0.0:
             quat = -quat
-        return np.concatenate([q, dq, [fingers.sum()], pos, quat]).astype(np.float32)
+        return np.concatenate([q, dq, [fingers.sum()], pos, quat, [finger_velocities.sum()]]
+                              ).astype(np.float32)
 
     def safety_pose(self) -> np.ndarray | None:
         """What the workspace check needs: base [x, y, yaw] from the start; arm EE xyz."""
@@ -172,7 +203,7 @@ class RobotObserver:
             return None
         if self.robot.kind == "base":
             return state[:3].astype(np.float64)
-        return state[-7:-4].astype(np.float64)
+        return state[ArmStateLayout(len(self.robot.arm.joints)).ee_pos].astype(np.float64)
 
     def instruction(self) -> str | None:
         latest = self.instruction_sub.latest()

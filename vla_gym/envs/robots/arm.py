@@ -225,13 +225,15 @@ class ArmRobot:
 
     # ------------------------------------------------------------------ readouts
     def state(self, data: mujoco.MjData) -> np.ndarray:
-        """float32 (20,): joint qpos(6), qvel(6), gripper opening(1), EE pos(3), EE quat wxyz(4)."""
+        """float32 (21,): joint qpos(6), qvel(6), gripper opening(1), EE pos(3), EE quat wxyz(4),
+        gripper opening velocity(1) (``ARM_STATE_FIELDS``)."""
         out = np.empty(self.STATE_DIM, dtype=np.float32)
         out[0:6] = data.qpos[self._qix]
         out[6:12] = data.qvel[self._dix]
         out[12] = self.gripper_opening(data)
         out[13:16] = data.site_xpos[self._site]
         out[16:20] = self.ee_quat(data)
+        out[20] = self.gripper_velocity(data)
         return out
 
     def ee_pos(self, data: mujoco.MjData) -> np.ndarray:
@@ -255,9 +257,13 @@ class ArmRobot:
         """Distance between the inner faces of the two finger pads, in metres."""
         return float(data.qpos[self._fqadr[0]] + data.qpos[self._fqadr[1]])
 
+    def gripper_velocity(self, data: mujoco.MjData) -> float:
+        """How fast the gripper opening changes, in m/s: negative while closing."""
+        return float(data.qvel[self._fdadr[0]] + data.qvel[self._fdadr[1]])
+
     def gripper_speed(self, data: mujoco.MjData) -> float:
         """How fast the gripper opening changes (m/s, either way)."""
-        return abs(float(data.qvel[self._fdadr[0]] + data.qvel[self._fdadr[1]]))
+        return abs(self.gripper_velocity(data))
 
     def is_grasping(self, data: mujoco.MjData, body_id: int) -> bool:
         """True when both finger pads touch geoms of ``body_id``."""
