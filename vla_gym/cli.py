@@ -107,6 +107,10 @@ def train_bc_command(
         0, "--grounding-scenes", min=0,
         help="Further scenes for the grounding loss only: frames along the expert's approach "
              "to each object, no actions (needs --grounding > 0)."),
+    relational_grounding: bool = typer.Option(
+        False, "--relational-grounding",
+        help="Tabletop, with --grounding-scenes: approach each object a spatial relation can "
+             "name once more under such an instruction ('the cube left of the plate')."),
     dagger_episodes: int = typer.Option(
         0, "--dagger-episodes", min=0,
         help="DAgger: episodes driven by the policy in training, every state labelled by the "
@@ -147,12 +151,16 @@ def train_bc_command(
         raise typer.BadParameter("--target-geometry lifts target maps that the grounding loss "
                                  "trains; set --grounding to a weight > 0 (e.g. 1.0)",
                                  param_hint="--target-geometry")
+    if relational_grounding and not grounding_scenes:
+        raise typer.BadParameter("--relational-grounding adds to the grounding scenes; give "
+                                 "--grounding-scenes N", param_hint="--relational-grounding")
     if grounding_scenes and grounding <= 0:
         raise typer.BadParameter("--grounding-scenes feeds the grounding loss; set --grounding "
                                  "to a weight > 0 (e.g. 1.0)", param_hint="--grounding-scenes")
     demos = Demos.from_dataset(dataset)
     if grounding_scenes:
-        demos = demos.with_grounding_scenes(grounding_scenes, seed=seed)
+        demos = demos.with_grounding_scenes(grounding_scenes, seed=seed,
+                                            relational=relational_grounding)
     try:
         result = train_bc(demos, out, config, resume=resume, progress=sys.stderr.isatty())
     except KeyboardInterrupt:

@@ -210,6 +210,37 @@ def test_grounding_scenes_add_approach_frames_of_new_scenes_only():
         Demos.from_expert(PICK, 1, grounding_scenes=-1)
 
 
+def _approaches(frames: Demos) -> list[tuple[int, str, str]]:
+    """(first row, target, instruction) of each run of grounding frames sharing both."""
+    keys = list(zip(frames.targets, frames.instructions))
+    return [(i, *keys[i]) for i in range(len(keys)) if i == 0 or keys[i] != keys[i - 1]]
+
+
+def test_relational_grounding_adds_approaches_named_by_a_relation():
+    """Each object a spatial relation can name is approached once more, right after its own
+    approach, from the same reset (same scene, same object) under such an instruction."""
+    from vla_gym.training.demos import RELATIONAL_PHRASE
+
+    kwargs = dict(seed=0, image_size=32, noise=0.2, grounding_scenes=4)
+    plain = Demos.from_expert(PICK, 1, **kwargs).grounding_frames
+    more = Demos.from_expert(PICK, 1, relational_grounding=True, **kwargs).grounding_frames
+    assert plain is not None and more is not None
+    approaches = _approaches(more)
+    added = [k for k, (_, target, _) in enumerate(approaches)
+             if k > 0 and target == approaches[k - 1][1]]
+    assert added
+    for k in added:
+        (row, _, text), (before, _, own_text) = approaches[k], approaches[k - 1]
+        assert RELATIONAL_PHRASE.search(text) and text != own_text
+        np.testing.assert_array_equal(more.images[row], more.images[before])  # same reset
+        np.testing.assert_array_equal(more.target_pixel[row], more.target_pixel[before])
+    kept = [a[1:] for k, a in enumerate(approaches) if k not in added]
+    assert kept == [a[1:] for a in _approaches(plain)]  # the env's own approaches, in order
+    with pytest.raises(ValueError, match="tabletop"):
+        Demos.from_expert("vla_gym/NavGoTo-v0", 1, grounding_scenes=1, relational_grounding=True,
+                          image_size=32)
+
+
 def test_the_wrist_cameras_target_map_learns_from_its_own_labels(tmp_path):
     demos = Demos.from_expert(PICK, 2, seed=0, image_size=32, cameras=("main", "wrist"))
     wrist = demos.wrist_target_pixel

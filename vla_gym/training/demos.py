@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_gym.envs.language.referring import RELATIONS
 from vla_gym.types import (
     CAMERA_OF_VIEW,
     IMAGE,
@@ -35,6 +37,8 @@ GROUNDING_SEEDS = 50_000
 # Learner rollouts labelled by the expert (``learner_episodes``, DAgger) take seeds from here
 # on, clear of the demo, grounding and evaluation seeds.
 LEARNER_SEEDS = 70_000
+# An instruction naming its object by a spatial relation ("the cube left of the plate").
+RELATIONAL_PHRASE = re.compile(r"\b(?:" + "|".join(RELATIONS) + r")\b")
 APPROACH_EVERY = 6  # steps between the grounding frames kept along an approach
 APPROACH_STEPS = 30  # steps of each approach (about where a pick's grasp begins)
 # A knocked grasp (``from_expert(grasp_misses=...)``): when the expert first closes the
@@ -169,7 +173,8 @@ class Demos:
     def from_expert(cls, env_id: str, episodes: int, seed: int = 0, noise: float = 0.0,
                     noisy_fraction: float = 0.75, other_targets: bool = False,
                     grounding_scenes: int = 0, grasp_misses: float = 0.0,
-                    grip_blips: float = 0.0, **env_kwargs: Any) -> Demos:
+                    grip_blips: float = 0.0, relational_grounding: bool = False,
+                    **env_kwargs: Any) -> Demos:
         """Record ``episodes`` expert episodes in memory (episode j from seed + j).
 
         ``noise`` > 0: that fraction of the episodes is executed with Gaussian action noise of
@@ -185,7 +190,11 @@ class Demos:
         (see ``KNOCK_STEPS``), so the demos show recovering from a missed grasp; only action
         contracts with a ``grip`` dimension have grasps to knock. ``grip_blips``: in the
         episodes drawn noisy (``noisy_fraction``), the chance each step that a gripper blip
-        (see ``BLIP_STEPS``) starts while the expert holds the gripper open."""
+        (see ``BLIP_STEPS``) starts while the expert holds the gripper open.
+        ``relational_grounding``: in the grounding scenes, each object that a spatial relation
+        can name ("the ball left of the plate") is approached once more under such an
+        instruction (``_relational_instruction``); the env draws that form for a few objects
+        in four, and it is the one cloned policies ground worst."""
         import gymnasium as gym
 
         from vla_gym.experts import make_expert
@@ -208,12 +217,14 @@ class Demos:
                    else np.zeros(episodes, bool))
         contract = env.unwrapped.action_contract
         try:
+            _check_relational(env, relational_grounding)  # before the demos, not after them
             recorded = [_record(env, expert, seed + j, noise if noisy[j] else 0.0, rng,
                                 knock=bool(knocked[j]),
                                 blips=grip_blips if noisy[j] else 0.0) for j in range(episodes)]
             frames = [frame for j in range(episodes) if other_targets
                       for frame in _other_target_frames(env, seed + j)]
-            frames += _grounding_scene_frames(env, expert, grounding_scenes, seed, noise, rng)
+            frames += _grounding_scene_frames(env, expert, grounding_scenes, seed, noise, rng,
+                                              relational_grounding)
         finally:
             env.close()
         demos = cls.from_episodes(env_id, env_kwargs, contract, recorded)
@@ -221,10 +232,12 @@ class Demos:
             demos.grounding_frames = cls.from_episodes(env_id, env_kwargs, contract, frames)
         return demos
 
-    def with_grounding_scenes(self, scenes: int, seed: int = 0, noise: float = 0.3) -> Demos:
+    def with_grounding_scenes(self, scenes: int, seed: int = 0, noise: float = 0.3,
+                              relational: bool = False) -> Demos:
         """These demos plus ``scenes`` grounding-only scenes recorded in their env (as
         ``from_expert(grounding_scenes=...)`` adds them; seeds from ``GROUNDING_SEEDS + seed``,
-        the approaches' noise from ``seed``), after any grounding frames they already have."""
+        the approaches' noise from ``seed``; ``relational`` as ``relational_grounding``
+        there), after any grounding frames they already have."""
         import gymnasium as gym
 
         from vla_gym.experts import make_expert
@@ -233,8 +246,9 @@ class Demos:
             raise ValueError(f"scenes must be >= 1, got {scenes}")
         env = gym.make(self.env_id, **self.env_kwargs)
         try:
+            _check_relational(env, relational)
             frames = _grounding_scene_frames(env, make_expert(env), scenes, seed, noise,
-                                             np.random.default_rng(seed))
+                                             np.random.default_rng(seed), relational)
         finally:
             env.close()
         added = Demos.from_episodes(self.env_id, self.env_kwargs, self.contract, frames)
@@ -378,17 +392,54 @@ def _grounding_frame(env: Any, obs: dict[str, Any], info: dict[str, Any]) -> dic
     return {**frame, "action": action, INSTRUCTION: obs[INSTRUCTION], "target": info["target"]}
 
 
-def _instructed_resets(env: Any, seed: int, others_only: bool) -> Iterable[tuple[Any, Any]]:
+def _instructed_resets(env: Any, seed: int, others_only: bool,
+                       relational: np.random.Generator | None = None
+                       ) -> Iterable[tuple[Any, Any]]:
     """Scene ``seed`` reset once per object its task could name (its own target first unless
-    ``others_only``), instructed to that object: (obs, info) each."""
+    ``others_only``), instructed to that object: (obs, info) each. With a ``relational``
+    generator, each object a spatial relation can name is reset a second time under such an
+    instruction (drawn with that generator)."""
     obs, info = env.reset(seed=seed)
+    others = env.unwrapped.counterfactual_targets()
     if not others_only:
-        yield obs, info
-    for name in env.unwrapped.counterfactual_targets():
+        yield from _and_relational(env, seed, {}, (obs, info), relational)
+    for name in others:
         try:
-            yield env.reset(seed=seed, options={"target": name})
+            reset = env.reset(seed=seed, options={"target": name})
         except ValueError:  # that object cannot be this task's target
             continue
+        yield from _and_relational(env, seed, {"target": name}, reset, relational)
+
+
+def _and_relational(env: Any, seed: int, options: dict[str, Any], reset: tuple[Any, Any],
+                    relational: np.random.Generator | None) -> Iterable[tuple[Any, Any]]:
+    """``reset``, then (with a ``relational`` generator, when a relation names the target) the
+    same reset instructed by a relation."""
+    yield reset
+    text = None if relational is None else _relational_instruction(env, relational)
+    if text is not None:
+        yield env.reset(seed=seed, options={**options, "instruction": text})
+
+
+def _check_relational(env: Any, relational: bool) -> None:
+    from vla_gym.envs.tabletop.env import TabletopEnv
+
+    if relational and not isinstance(env.unwrapped, TabletopEnv):
+        raise ValueError(f"relational grounding needs a tabletop env (spatial relations between "
+                         f"table objects), got {type(env.unwrapped).__name__}")
+
+
+def _relational_instruction(env: Any, rng: np.random.Generator, tries: int = 12) -> str | None:
+    """An instruction for the current episode's task and target that names the target by a
+    spatial relation, drawn as the env draws instructions; None if ``tries`` draws give none
+    (no relation picks the target out clearly, or the env has no such phrases)."""
+    base = env.unwrapped
+    task, layout = base.tasks[base.episode.family], base.sim.layout
+    for _ in range(tries):
+        text = task.describe(base.episode, layout, rng, base.instruction_split)
+        if RELATIONAL_PHRASE.search(text):
+            return text
+    return None
 
 
 def _other_target_frames(env: Any, seed: int) -> list[dict[str, Any]]:
@@ -398,21 +449,26 @@ def _other_target_frames(env: Any, seed: int) -> list[dict[str, Any]]:
 
 
 def _grounding_scene_frames(env: Any, expert: Any, scenes: int, seed: int, noise: float,
-                            rng: np.random.Generator) -> list[dict[str, Any]]:
+                            rng: np.random.Generator, relational: bool = False
+                            ) -> list[dict[str, Any]]:
     """``_approach_frames`` of ``scenes`` scenes, seeds ``GROUNDING_SEEDS + seed`` on."""
     return [frame for j in range(scenes)
-            for frame in _approach_frames(env, expert, GROUNDING_SEEDS + seed + j, noise, rng)]
+            for frame in _approach_frames(env, expert, GROUNDING_SEEDS + seed + j, noise, rng,
+                                          relational)]
 
 
 def _approach_frames(env: Any, expert: Any, seed: int, noise: float,
-                     rng: np.random.Generator) -> list[dict[str, Any]]:
-    """Scene ``seed`` once per object its task could name: a frame every ``APPROACH_EVERY``
-    steps of the expert's approach to that object (with ``noise``, as in ``_record``), up to
+                     rng: np.random.Generator, relational: bool = False
+                     ) -> list[dict[str, Any]]:
+    """Scene ``seed`` once per object its task could name (and once more under a relational
+    instruction where one exists, if ``relational``): a frame every ``APPROACH_EVERY`` steps of
+    the expert's approach to that object (with ``noise``, as in ``_record``), up to
     ``APPROACH_STEPS`` steps, so the grounding losses see the scene from the poses a policy
     passes through (the wrist camera's view changes the most)."""
     frames = []
     contract = env.unwrapped.action_contract
-    for obs, info in _instructed_resets(env, seed, others_only=False):
+    for obs, info in _instructed_resets(env, seed, others_only=False,
+                                        relational=rng if relational else None):
         expert.reset()
         for step in range(APPROACH_STEPS + 1):
             if step % APPROACH_EVERY == 0:
