@@ -407,7 +407,7 @@ def test_target_geometry_takes_the_demo_envs_calibration_and_records_each_shift(
                                                          target_geometry=True))
 
 
-def test_cli_target_geometry_needs_the_grounding_loss(tmp_path):
+def test_cli_grounding_options_refuse_what_they_cannot_feed(tmp_path):
     from typer.testing import CliRunner
 
     from vla_gym.cli import app
@@ -415,6 +415,10 @@ def test_cli_target_geometry_needs_the_grounding_loss(tmp_path):
     result = CliRunner().invoke(app, ["train", "bc", "--dataset", str(tmp_path / "d"),
                                       "--out", str(tmp_path / "run"), "--target-geometry"])
     assert result.exit_code == 2 and "--grounding" in result.output
+    result = CliRunner().invoke(app, ["train", "bc", "--dataset", str(tmp_path / "d"),
+                                      "--out", str(tmp_path / "run"), "--grounding", "1",
+                                      "--relational-grounding"])
+    assert result.exit_code == 2 and "--grounding-scenes N" in result.output
 
 
 def test_refit_head_fits_the_head_on_frozen_perception_and_leaves_perception_alone(
