@@ -194,7 +194,8 @@ class Demos:
         ``relational_grounding``: in the grounding scenes, each object that a spatial relation
         can name ("the ball left of the plate") is approached once more under such an
         instruction (``_relational_instruction``); the env draws that form for a few objects
-        in four, and it is the one cloned policies ground worst."""
+        in four, and it is the one cloned policies ground worst (on Pick the extra approaches
+        did not raise its success rate; README, "Demonstrations, behaviour cloning")."""
         import gymnasium as gym
 
         from vla_gym.experts import make_expert
