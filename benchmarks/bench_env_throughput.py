@@ -99,12 +99,17 @@ def _raw_stepper(env_id: str):
     return step, env
 
 
-def measure_env(env_id: str, steps: int) -> float:
+def _measure_pinned(stepper, env_id: str, steps: int) -> float:
+    """Steps/s of ``stepper(env_id)``'s step function on one pinned core."""
     _pin_one_core()
-    step, env = _env_stepper(env_id)
+    step, env = stepper(env_id)
     rate = _time_loop(step, steps)
     env.close()
     return rate
+
+
+def measure_env(env_id: str, steps: int) -> float:
+    return _measure_pinned(_env_stepper, env_id, steps)
 
 
 def measure_env_together(env_id: str, steps: int, barrier) -> float:
@@ -122,11 +127,7 @@ def measure_env_together(env_id: str, steps: int, barrier) -> float:
 
 def measure_raw(env_id: str, steps: int) -> float:
     """The same compiled model stepped and rendered with no env around it."""
-    _pin_one_core()
-    step, env = _raw_stepper(env_id)
-    rate = _time_loop(step, steps)
-    env.close()
-    return rate
+    return _measure_pinned(_raw_stepper, env_id, steps)
 
 
 def measure_pusher(steps: int) -> float:
