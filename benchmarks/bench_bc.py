@@ -18,7 +18,10 @@ scenes and two training seeds; README, "Demonstrations, behaviour cloning, evalu
         --refit-head-steps 5000 --target-geometry --geometry-only-head --binary-gripper \
         --precision bf16 --eval-episodes 60
 
-``--language minilm`` swaps the preset's text encoder for the pretrained MiniLM (frozen).
+``--language minilm`` swaps the preset's text encoder for the pretrained MiniLM (frozen),
+``--language lstm`` for an LSTM (word order). ``--landmark-map`` adds FiLM's landmark map for
+spatial relations (77.3% over the 150 scenes with 800 grounding scenes, with the preset's
+encoder and with the LSTM alike).
 ``--dagger-episodes M`` adds M episodes driven by the policy in training and labelled by the
 expert (DAgger, ``BCConfig.dagger_episodes``); the expert-labelled episodes are then
 ``--demos`` + M, which the report gives as ``expert_labelled_episodes``.
@@ -78,8 +81,12 @@ def run_one(env_id: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
         # frozen, so its instruction embeddings are cached (fine-tuned, it ran every step:
         # 1 236 steps in an 860 s budget against 7 078 with the preset's encoder)
         changes["finetune"] = {"language": "frozen"}
+    elif args.language == "lstm":
+        changes["language"] = {"kind": "lstm"}
     if args.target_xy_to_head:
         changes.setdefault("fusion", {})["target_xy_to_head"] = True
+    if args.landmark_map:
+        changes.setdefault("fusion", {})["landmark_map"] = True
     if args.geometry_only_head:
         changes["geometry"] = {"image_features_to_head": False}
     if args.head_dropout:
@@ -132,7 +139,9 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=100_000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--preset", default="small")
-    parser.add_argument("--language", choices=("preset", "minilm"), default="preset")
+    parser.add_argument("--language", choices=("preset", "minilm", "lstm"), default="preset",
+                        help="the preset's text encoder, the pretrained MiniLM (frozen), or "
+                             "an LSTM (word order: which noun a relation is about)")
     parser.add_argument("--grounding", type=float, default=1.0)
     parser.add_argument("--image-size", type=int, default=64, help="demo and eval images")
     parser.add_argument("--wrist", action=argparse.BooleanOptionalAction, default=True,
@@ -160,6 +169,9 @@ def main() -> None:
     parser.add_argument("--target-xy-to-head", action=argparse.BooleanOptionalAction,
                         default=False, help="each view's target-map position goes straight "
                         "to the final MLP (fusion.target_xy_to_head)")
+    parser.add_argument("--landmark-map", action="store_true",
+                        help="FiLM: a landmark map for spatial relations, read by the target "
+                             "map (fusion.landmark_map)")
     parser.add_argument("--dagger-episodes", type=int, default=0,
                         help="episodes driven by the policy in training, labelled by the expert "
                         "(DAgger; their rollouts do not count against --time-budget)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -85,6 +86,16 @@ train_app = typer.Typer(no_args_is_help=True, help="Train policies: bc, reward, 
 app.add_typer(train_app, name="train")
 
 
+def _bc_policy_changes(binary_gripper: bool, landmark_map: bool) -> dict[str, Any]:
+    """The preset changes ``train bc``'s policy options ask for."""
+    changes: dict[str, Any] = {}
+    if binary_gripper:
+        changes["head"] = {"binary_gripper": True}
+    if landmark_map:
+        changes["fusion"] = {"landmark_map": True}
+    return changes
+
+
 @train_app.command("bc")
 def train_bc_command(
     dataset: Path = typer.Option(..., "--dataset", help="Demonstrations (vla-gym collect)."),
@@ -133,6 +144,10 @@ def train_bc_command(
         False, "--binary-gripper",
         help="Command the gripper fully open or closed, by the sign of the prediction "
              "(actions with a 'grip' dimension)."),
+    landmark_map: bool = typer.Option(
+        False, "--landmark-map",
+        help="FiLM: a landmark map finds the object a spatial relation names the target by, "
+             "and the target map reads each cell's offset from it (needs --grounding > 0)."),
     resume: bool = typer.Option(False, "--resume", help="Continue RUN's latest checkpoint."),
 ):
     """Behaviour cloning on recorded demos; evaluates in the env as it goes."""
@@ -146,7 +161,11 @@ def train_bc_command(
                       dagger_episodes=dagger_episodes, dagger_rounds=dagger_rounds,
                       precision=precision, target_geometry=target_geometry,
                       refit_head_steps=refit_head_steps,
-                      policy_changes={"head": {"binary_gripper": True}} if binary_gripper else {})
+                      policy_changes=_bc_policy_changes(binary_gripper, landmark_map))
+    if landmark_map and grounding <= 0:
+        raise typer.BadParameter("--landmark-map trains its map with the grounding loss; set "
+                                 "--grounding to a weight > 0 (e.g. 1.0)",
+                                 param_hint="--landmark-map")
     if target_geometry and grounding <= 0:
         raise typer.BadParameter("--target-geometry lifts target maps that the grounding loss "
                                  "trains; set --grounding to a weight > 0 (e.g. 1.0)",

@@ -37,7 +37,16 @@ def shift_key(view: str) -> str:
     return f"{view}_shift"
 
 
+def landmark_label(view: str) -> str:
+    """The info key holding where the instruction's landmark appears in image ``view``: the
+    object a spatial relation names the target by ("the cube left of *the bowl*"), or the
+    target itself when the instruction names it without a relation. ``landmark_pixel`` for the
+    main camera, ``wrist_landmark_pixel`` for the wrist camera, and so on."""
+    return pixel_label(view).replace("target_pixel", "landmark_pixel")
+
+
 PIXEL_LABELS = tuple(pixel_label(view) for view in CAMERA_OF_VIEW)
+LANDMARK_LABELS = tuple(landmark_label(view) for view in CAMERA_OF_VIEW)
 
 DEFAULT_IMAGE_SIZE = 96
 MAX_INSTRUCTION_LENGTH = 256

@@ -54,6 +54,11 @@ def test_collect_command_end_to_end(tmp_path):
     assert recorded.wrist_target_pixel.shape == (len(recorded), 2)
     assert np.isfinite(recorded.wrist_target_pixel).all()
     assert not np.allclose(recorded.wrist_target_pixel, recorded.target_pixel)
+    # and where the instruction's landmark is, in both views (the target itself when the
+    # instruction names no relation)
+    for name in ("landmark_pixel", "wrist_landmark_pixel"):
+        assert getattr(recorded, name).shape == (len(recorded), 2)
+        assert np.isfinite(getattr(recorded, name)).all()
     assert Demos.from_dataset(tmp_path / "demos").wrist_target_pixel is None
 
 

@@ -24,9 +24,11 @@ from vla_gym.envs.language import (
     all_templates,
     combo_allowed,
     describe,
+    landmark_of,
     make_instruction,
     parse_instruction,
     resolve,
+    target_landmark,
     validate_colour,
     validate_shape,
 )
@@ -425,3 +427,19 @@ def test_relational_phrases_in_both_slots_parse(scene: list[SceneObject]) -> Non
     text = "push the cube in front of the ball to the left of the bowl right of the ball"
     parsed = parse_instruction(text, scene)
     assert (parsed.target, parsed.destination, parsed.side) == ([cube], [bowl], "left")
+
+
+def test_landmark_is_the_object_a_relation_names_the_target_by(scene: list[SceneObject]) -> None:
+    cube, bowl, ball = scene
+    assert landmark_of("the cube in front of the ball", scene) == ball
+    assert landmark_of("the red cube", scene) is None  # no relation, no landmark
+    assert landmark_of("the cube left of the object", scene) is None  # no unique landmark
+    assert target_landmark("pick up the cube in front of the green ball", cube, scene) == ball
+    assert target_landmark("pick up the red cube", cube, scene) is None
+    assert target_landmark("no template says this", cube, scene) is None
+    # Place: the target's relation, not the destination's.
+    text = "put the cube in front of the ball into the bowl right of the ball"
+    assert target_landmark(text, cube, scene) == ball
+    twins = _twin_cube_scene((0.50, -0.20))
+    assert target_landmark("lift the block right of the blue one.", twins[1], twins) == twins[2]
+

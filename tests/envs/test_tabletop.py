@@ -8,8 +8,9 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import vla_gym
-from vla_gym.envs.language import parse_instruction
+from vla_gym.envs.language import parse_instruction, target_landmark
 from vla_gym.envs.language.vocabulary import COLOURS
+from vla_gym.types import landmark_label, pixel_label
 
 TABLETOP_IDS = [env_id for env_id in vla_gym.ENV_TABLE if "Tabletop" in env_id]
 
@@ -112,6 +113,34 @@ def test_wrist_target_pixel_points_at_the_target_in_the_wrist_image():
             shown += 1
             assert _shows_target(obs["wrist_image"], pixel, env.unwrapped.episode.target.colour)
     assert shown >= 6  # the wrist camera sees most of the table from the home pose
+    env.close()
+
+
+def test_landmark_pixel_is_where_the_relation_s_landmark_is():
+    """A relational instruction's landmark, in every camera, is where that object is as a
+    target of the same scene; a plain instruction's landmark is the target itself."""
+    env = gym.make("vla_gym/TabletopPick-v0", cameras=("main", "wrist"), image_size=32)
+    base, relational, plain = env.unwrapped, 0, 0
+    for seed in range(40):
+        obs, info = env.reset(seed=seed)
+        scene = base.sim.layout.scene_objects()
+        landmark = target_landmark(obs["instruction"], base.episode.target.scene_object(), scene)
+        if landmark is None:
+            plain += 1
+            for view in ("image", "wrist_image"):
+                np.testing.assert_array_equal(info[landmark_label(view)], info[pixel_label(view)])
+            continue
+        # The landmark's own pixels: the same scene instructed to pick the landmark up (a
+        # plate or bowl cannot be Pick's target, so it has no such label to compare with).
+        landmark_name = base.sim.layout.get(landmark.name).name
+        if landmark_name not in base.counterfactual_targets():
+            continue
+        relational += 1
+        _, as_target = env.reset(seed=seed, options={"target": landmark_name})
+        for view in ("image", "wrist_image"):
+            np.testing.assert_allclose(info[landmark_label(view)], as_target[pixel_label(view)])
+            assert not np.allclose(info[landmark_label(view)], info[pixel_label(view)])
+    assert relational >= 5 and plain >= 5
     env.close()
 
 

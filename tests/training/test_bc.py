@@ -35,7 +35,8 @@ def test_demos_from_expert_hold_aligned_arrays(pick_demos):
     assert np.isfinite(d.target_pixel).all() and ((d.target_pixel > 0) & (d.target_pixel < 1)).all()
     batch = d.batch(np.array([0, 5]))
     assert set(batch) == {"image", "instruction", "state", "action", "target_pos",
-                          "target_pixel", "target"}
+                          "target_pixel", "landmark_pixel", "target"}
+    assert d.landmark_pixel.shape == (len(d), 2) and np.isfinite(d.landmark_pixel).all()
 
 
 def test_loss_falls_well_below_its_start(pick_demos, tmp_path):
@@ -399,6 +400,11 @@ def test_target_geometry_takes_the_demo_envs_calibration_and_records_each_shift(
         known = demos.target_pixel if view == "image" else demos.wrist_target_pixel
         for row in original[np.isfinite(original).all(1)]:
             assert np.abs(known - row).max(1).min() < 1e-5
+        # the landmark's label moves with the image too
+        landmark = batch[label.replace("target", "landmark")] - moves
+        known = demos.landmark_pixel if view == "image" else demos.wrist_landmark_pixel
+        for row in landmark[np.isfinite(landmark).all(1)]:
+            assert np.abs(known - row).max(1).min() < 1e-5
     metrics = trainer.train_step()
     assert np.isfinite(metrics["loss"]) and "target_height_error_m" in metrics
     unlabelled = dataclasses.replace(demos, target_pos=None)
@@ -419,6 +425,9 @@ def test_cli_grounding_options_refuse_what_they_cannot_feed(tmp_path):
                                       "--out", str(tmp_path / "run"), "--grounding", "1",
                                       "--relational-grounding"])
     assert result.exit_code == 2 and "--grounding-scenes N" in result.output
+    result = CliRunner().invoke(app, ["train", "bc", "--dataset", str(tmp_path / "d"),
+                                      "--out", str(tmp_path / "run"), "--landmark-map"])
+    assert result.exit_code == 2 and "--grounding" in result.output
 
 
 def test_refit_head_fits_the_head_on_frozen_perception_and_leaves_perception_alone(

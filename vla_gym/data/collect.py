@@ -22,7 +22,7 @@ from vla_gym.data.layout import dataset_id, episode_dirs, read_json
 from vla_gym.data.writer import DemoWriter
 from vla_gym.interrupts import StopRequest
 from vla_gym.rollout import info_row, merge_info
-from vla_gym.types import CAMERA_OF_VIEW, IMAGE, pixel_label
+from vla_gym.types import CAMERA_OF_VIEW, IMAGE, landmark_label, pixel_label
 from vla_gym.vector import make_vec
 
 # Per-step info recorded with every frame (what a BC trainer's auxiliary heads read), with the
@@ -33,15 +33,18 @@ INFO_DEFAULTS: dict[str, Any] = {
     "target": "",
     "target_pos": np.zeros(3),
     "target_pixel": np.full(2, np.nan),  # where the target is in the image (NaN: not in view)
+    "landmark_pixel": np.full(2, np.nan),  # where the object a relation names it by is
     "physics_diverged": False,
 }
 
 
 def info_defaults(obs_space: spaces.Dict) -> dict[str, Any]:
     """``INFO_DEFAULTS`` plus, for each extra camera the env observes, where the target is in
-    that camera's image (``wrist_target_pixel``...)."""
-    extra = {pixel_label(view): np.full(2, np.nan) for view in obs_space.spaces
-             if view in CAMERA_OF_VIEW and view != IMAGE}
+    that camera's image (``wrist_target_pixel``...), and the instruction's landmark
+    (``wrist_landmark_pixel``...)."""
+    views = [view for view in obs_space.spaces if view in CAMERA_OF_VIEW and view != IMAGE]
+    extra = {label(view): np.full(2, np.nan) for view in views
+             for label in (pixel_label, landmark_label)}
     return {**INFO_DEFAULTS, **extra}
 
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import mujoco
 import numpy as np
 
-from vla_gym.types import RENDER_QUALITIES, pixel_label
+from vla_gym.types import RENDER_QUALITIES
 
 _QUALITY = {
     # offsamples, shadowsize, shadows+reflections+haze on, mesh slices/stacks for curved
@@ -286,10 +286,10 @@ class CameraProjection:
 
 def view_projections(model: mujoco.MjModel, cameras: dict[str, str],
                      ) -> tuple[tuple[str, CameraProjection], ...]:
-    """(info key, projection) per extra image view: ``cameras`` maps each view's observation key
-    to its MuJoCo camera; the keys are ``types.pixel_label``'s (``wrist_target_pixel``...)."""
-    return tuple((pixel_label(view), CameraProjection(model, camera))
-                 for view, camera in cameras.items())
+    """(view, projection) per extra image view: ``cameras`` maps each view's observation key
+    to its MuJoCo camera. The info keys they fill are ``types.pixel_label(view)``'s
+    (``wrist_target_pixel``...)."""
+    return tuple((view, CameraProjection(model, camera)) for view, camera in cameras.items())
 
 
 def project_to_image(model: mujoco.MjModel, data: mujoco.MjData, camera: str,

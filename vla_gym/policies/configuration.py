@@ -114,9 +114,17 @@ class FusionConfig:
     # object, 2 numbers per view) straight to the final MLP next to the state features, where
     # the action is a function of that offset; fusions without a target map give zeros.
     target_xy_to_head: bool = False
+    # FiLM only: a second, landmark map finds the object a spatial relation names the target
+    # by ("the cube left of *the bowl*"; the target itself for a plain instruction), and the
+    # target map reads every cell's position relative to it, scaled by the instruction. Its
+    # own grounding label is ``landmark_pixel``.
+    landmark_map: bool = False
 
     def __post_init__(self) -> None:
         _choice("fusion", "kind", self.kind, FUSION_KINDS)
+        if self.landmark_map and self.kind != "film":
+            raise ValueError(f"fusion.landmark_map needs fusion.kind='film' (a target map to "
+                             f"condition), got {self.kind!r}")
         _positive("fusion", dim=self.dim, heads=self.heads, layers=self.layers)
         if self.dim % self.heads:
             raise ValueError(f"fusion.dim ({self.dim}) must be divisible by fusion.heads "

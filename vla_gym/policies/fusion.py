@@ -14,7 +14,14 @@
 
 Every module maps ``(vision pooled, vision tokens, LanguageFeatures)`` to ``(B, cfg.dim)``;
 ``forward_with_map`` also returns the target map's logits ``(B, tokens)`` where a fusion has one
-(else None).
+(else None), and ``forward_with_maps`` the landmark map's too (FiLM with
+``landmark_map=True``).
+
+Why a landmark map: FiLM modulates each image cell on its own, so a cell's logit cannot depend
+on where *another* object is, and "the cube left of the bowl" is exactly that. The landmark map
+finds the bowl (a plain noun phrase, which per-cell FiLM does well); each cell then gets its
+offset from the landmark's expected position as two more inputs, scaled per feature by the
+instruction, so "left of" becomes a per-cell test again.
 """
 
 from __future__ import annotations
@@ -34,6 +41,11 @@ class Fusion(nn.Module):
     def forward_with_map(self, v_pooled: Tensor, v_tokens: Tensor, lang: LanguageFeatures,
                          ) -> tuple[Tensor, Tensor | None]:
         return self(v_pooled, v_tokens, lang), None
+
+    def forward_with_maps(self, v_pooled: Tensor, v_tokens: Tensor, lang: LanguageFeatures,
+                          ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """(fused, target map logits or None, landmark map logits or None)."""
+        return (*self.forward_with_map(v_pooled, v_tokens, lang), None)
 
 
 class ConcatFusion(Fusion):
@@ -105,14 +117,30 @@ class FiLMFusion(Fusion):
         self.keypoints = SpatialSoftmax(n_tokens)
         self.target_logit = nn.Linear(cfg.dim, 1)
         self.readout = nn.Sequential(nn.Linear(4 * cfg.dim + 2, cfg.dim), nn.GELU())
+        self.landmark: LandmarkMap | None = None
+        if cfg.landmark_map:
+            if not self.keypoints.valid:
+                raise ValueError(f"fusion.landmark_map needs a square grid of image tokens, "
+                                 f"got {n_tokens}")
+            self.landmark = LandmarkMap(l_dim, cfg.dim)
 
     def forward(self, v_pooled: Tensor, v_tokens: Tensor, lang: LanguageFeatures) -> Tensor:
-        return self.forward_with_map(v_pooled, v_tokens, lang)[0]
+        return self.forward_with_maps(v_pooled, v_tokens, lang)[0]
 
     def forward_with_map(self, v_pooled: Tensor, v_tokens: Tensor, lang: LanguageFeatures,
                          ) -> tuple[Tensor, Tensor | None]:
+        return self.forward_with_maps(v_pooled, v_tokens, lang)[:2]
+
+    def forward_with_maps(self, v_pooled: Tensor, v_tokens: Tensor, lang: LanguageFeatures,
+                          ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        tokens = self.norm(self.v(v_tokens))
         gamma, beta = self.film(lang.pooled).unsqueeze(1).chunk(2, dim=-1)
-        x = self.out(self.norm(self.v(v_tokens)) * (1 + gamma) + beta)
+        modulated = tokens * (1 + gamma) + beta
+        landmark_logits = None
+        if self.landmark is not None:
+            landmark_logits, relative = self.landmark(tokens, lang, self.keypoints.grid)
+            modulated = modulated + relative
+        x = self.out(modulated)
         pooled = nn.functional.gelu(x).mean(dim=1)
         logits = self.target_logit(x).squeeze(-1)  # (B, N): where the instructed object is
         weights = torch.softmax(logits, dim=1)
@@ -120,7 +148,39 @@ class FiLMFusion(Fusion):
         where = (weights @ self.keypoints.grid if self.keypoints.valid
                  else logits.new_zeros(logits.shape[0], 2))
         fused = self.readout(torch.cat([pooled, self.keypoints(x), attended, where], dim=-1))
-        return fused, logits
+        return fused, logits, landmark_logits
+
+
+class LandmarkMap(nn.Module):
+    """The landmark map and what the target map gets from it (see the module docstring).
+
+    The landmark's expected position is detached: the landmark map learns from its own label,
+    and the target map cannot bend it to suit itself. The instruction's scale on the relative
+    position starts at zero, so a fresh model's target map is the plain FiLM one."""
+
+    def __init__(self, l_dim: int, dim: int) -> None:
+        super().__init__()
+        self.film = nn.Linear(l_dim, 2 * dim)
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)
+        self.out = nn.Sequential(nn.GELU(), nn.Linear(dim, dim))
+        self.logit = nn.Linear(dim, 1)
+        self.relative = nn.Linear(2, dim)
+        self.relative_scale = nn.Linear(l_dim, dim)
+        nn.init.zeros_(self.relative_scale.weight)
+        nn.init.zeros_(self.relative_scale.bias)
+
+    def forward(self, tokens: Tensor, lang: LanguageFeatures, grid: Tensor
+                ) -> tuple[Tensor, Tensor]:
+        """``tokens`` (B, N, D) normalised image tokens; ``grid`` (N, 2) cell positions in
+        [-1, 1]. Returns the landmark logits (B, N) and the (B, N, D) term added to the target
+        path's modulated tokens."""
+        gamma, beta = self.film(lang.pooled).unsqueeze(1).chunk(2, dim=-1)
+        logits = self.logit(self.out(tokens * (1 + gamma) + beta)).squeeze(-1)
+        where = torch.softmax(logits.detach(), dim=1) @ grid  # (B, 2)
+        offsets = grid.unsqueeze(0) - where.unsqueeze(1)  # (B, N, 2)
+        scale = self.relative_scale(lang.pooled).unsqueeze(1)
+        return logits, self.relative(offsets.to(tokens.dtype)) * scale
 
 
 class CrossAttentionFusion(Fusion):

@@ -33,6 +33,9 @@ class TrunkOutput:
     extra_maps: tuple[Tensor | None, ...] = ()  # the same for each of config.extra_views
     target_height: Tensor | None = None  # (B,) m, the geometry's height regressor (if any)
     perception: Tensor | None = None  # (B, D) what the final MLP reads besides the state
+    # (B, tokens) logits of where the instruction's landmark is, per view in config.views
+    # order (None for a view whose fusion has no landmark map)
+    landmark_maps: tuple[Tensor | None, ...] = ()
 
 
 def num_vision_tokens(cfg: VisionConfig, patch_size: int) -> int:
@@ -188,12 +191,13 @@ class VLATrunk(nn.Module):
             raise ValueError(f"this trunk reads {len(self.extra_vision)} extra view(s) "
                              f"{list(self.config.extra_views)}, got {len(extra_views)}")
         v_pooled, v_tokens = self.vision(images)
-        fused, target_map = self.fusion.forward_with_map(v_pooled, v_tokens, lang)
-        parts, extra_maps = [fused], []
+        fused, target_map, landmark_map = self.fusion.forward_with_maps(v_pooled, v_tokens, lang)
+        parts, extra_maps, landmark_maps = [fused], [], [landmark_map]
         for encoder, fusion, view in zip(self.extra_vision, self.extra_fusion, extra_views):
-            view_fused, view_map = fusion.forward_with_map(*encoder(view), lang)
+            view_fused, view_map, view_landmark = fusion.forward_with_maps(*encoder(view), lang)
             parts.append(view_fused)
             extra_maps.append(view_map)
+            landmark_maps.append(view_landmark)
         if self.config.fusion.target_xy_to_head:
             parts.extend(_target_xy(m, fused) for m in (target_map, *extra_maps))
         height = None
@@ -207,7 +211,7 @@ class VLATrunk(nn.Module):
                 lifted.to(fused.dtype)]
         perception = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
         return TrunkOutput(self.decide(perception, state), v_pooled, lang.pooled, target_map,
-                           tuple(extra_maps), height, perception)
+                           tuple(extra_maps), height, perception, tuple(landmark_maps))
 
     def decide(self, perception: Tensor, state: Tensor | None) -> Tensor:
         """The final MLP over what perception hands the head and the (standardised) state;

@@ -34,7 +34,7 @@ from vla_gym.policies.heads import (
 )
 from vla_gym.policies.model import TrunkOutput, VLATrunk
 from vla_gym.policies.preprocessing import Inputs, ObservationError, add_batch_dim, preprocess
-from vla_gym.types import pixel_label
+from vla_gym.types import landmark_label, pixel_label
 
 
 @dataclass
@@ -195,6 +195,7 @@ class VLAPolicy(nn.Module):
             metrics.update(grounding_loss=g_loss.item(), **g_metrics)
         if self.grounding is not None:
             total = total + aux.grounding_weight * self._view_map_losses(batch, out, metrics)
+            total = total + aux.grounding_weight * self._landmark_map_losses(batch, out, metrics)
         if out.target_height is not None and batch.get("target_pos") is not None:
             total = total + aux.grounding_weight * self._height_loss(batch, out, metrics)
         if self.contrastive is not None and inputs.batch_size > 1:
@@ -219,6 +220,22 @@ class VLAPolicy(nn.Module):
             total = total + loss
             metrics[f"{view}_map_loss"] = loss.item()
             metrics.update({f"{view}_{k}": v for k, v in view_metrics.items()})
+        return total
+
+    def _landmark_map_losses(self, batch: dict[str, Any], out: TrunkOutput,
+                             metrics: Metrics) -> Tensor:
+        """Each view's landmark map against where the instruction's landmark is in that view
+        (``landmark_pixel``, ``wrist_landmark_pixel``...; rows out of view are skipped)."""
+        total = out.features.new_zeros(())
+        for view, landmark_map in zip(self.config.views, out.landmark_maps):
+            pixels = batch.get(landmark_label(view))
+            if landmark_map is None or pixels is None:
+                continue
+            loss, view_metrics = target_map_loss(landmark_map, torch.as_tensor(
+                np.asarray(pixels, dtype=np.float32), device=self.device))
+            total = total + loss
+            metrics[f"{view}_landmark_loss"] = loss.item()
+            metrics.update({f"{view}_landmark_{k}": v for k, v in view_metrics.items()})
         return total
 
     def _height_loss(self, batch: dict[str, Any], out: TrunkOutput, metrics: Metrics

@@ -29,7 +29,12 @@ from vla_gym.interrupts import StopRequest
 from vla_gym.training.augment import random_shift
 from vla_gym.training.checkpoints import latest_checkpoint, load_trainer_state, save_checkpoint
 from vla_gym.training.demos import LEARNER_SEEDS, Demos, learner_episodes
-from vla_gym.types import pixel_label, shift_key, state_indices_without_velocities
+from vla_gym.types import (
+    landmark_label,
+    pixel_label,
+    shift_key,
+    state_indices_without_velocities,
+)
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -304,12 +309,12 @@ class BCTrainer:
         # Each camera shifted independently; where the target is moves with its image, and
         # the move itself goes along (the policy's geometry undoes it).
         for view in self.policy.config.views:
-            label = pixel_label(view)
             batch[view], moves = random_shift(batch[view], self.config.shift, self.rng,
                                               np.zeros((len(index), 2), np.float32))
             batch[shift_key(view)] = moves
-            if batch.get(label) is not None:
-                batch[label] = (np.asarray(batch[label]) + moves).astype(np.float32)
+            for label in (pixel_label(view), landmark_label(view)):
+                if batch.get(label) is not None:
+                    batch[label] = (np.asarray(batch[label]) + moves).astype(np.float32)
         return batch
 
     def train_step(self) -> dict[str, float]:

@@ -23,6 +23,7 @@ from vla_gym.types import (
     CAMERA_OF_VIEW,
     IMAGE,
     INSTRUCTION,
+    LANDMARK_LABELS,
     PIXEL_LABELS,
     STATE,
     ActionContract,
@@ -30,7 +31,7 @@ from vla_gym.types import (
 
 # Per-step ground truth the grounding losses learn from, recorded next to each frame: the
 # target's position, and where it appears in each camera's image (``types.pixel_label``).
-POSITION_LABELS = ("target_pos", *PIXEL_LABELS)
+POSITION_LABELS = ("target_pos", *PIXEL_LABELS, *LANDMARK_LABELS)
 # Grounding-only scenes (``from_expert(grounding_scenes=...)``) take seeds from here on: far
 # from demo seeds (0, 1, ...) and from evaluation seeds (100 000 on).
 GROUNDING_SEEDS = 50_000
@@ -78,6 +79,11 @@ class Demos:
     target_pixel: np.ndarray | None = None  # (N, 2) image (column, row) in [0, 1]; NaN unseen
     wrist_target_pixel: np.ndarray | None = None  # (N, 2) the same in the wrist camera's image
     top_target_pixel: np.ndarray | None = None  # (N, 2) the same in the overhead camera's image
+    # (N, 2) where the object a spatial relation names the target by is, per camera (the
+    # target's own pixel for a plain instruction; ``types.landmark_label``)
+    landmark_pixel: np.ndarray | None = None
+    wrist_landmark_pixel: np.ndarray | None = None
+    top_landmark_pixel: np.ndarray | None = None
     targets: np.ndarray | None = None  # (N,) target names
     views: dict[str, np.ndarray] = field(default_factory=dict)  # extra cameras, like images
     # Frames of the same scenes with the instruction naming another object, and that object's

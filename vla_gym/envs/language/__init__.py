@@ -6,6 +6,7 @@ from vla_gym.envs.language.referring import (
     RELATIONS,
     SceneObject,
     describe,
+    landmark_of,
     resolve,
 )
 from vla_gym.envs.language.templates import (
@@ -18,6 +19,7 @@ from vla_gym.envs.language.templates import (
     all_templates,
     make_instruction,
     parse_instruction,
+    target_landmark,
     validate_side,
     validate_task,
 )
@@ -56,10 +58,12 @@ __all__ = [
     "all_templates",
     "combo_allowed",
     "describe",
+    "landmark_of",
     "make_instruction",
     "parse_instruction",
     "resolve",
     "shape_synonyms",
+    "target_landmark",
     "validate_colour",
     "validate_shape",
     "validate_side",

@@ -120,6 +120,17 @@ def resolve(expression: str, scene: Sequence[SceneObject]) -> list[SceneObject]:
     )
 
 
+def landmark_of(expression: str, scene: Sequence[SceneObject]) -> SceneObject | None:
+    """The object a relational noun phrase names its referent by ("the cube left of the red
+    bowl" -> the red bowl), when exactly one object fits the landmark phrase; None for a
+    simple phrase or an unresolvable landmark."""
+    match = _RELATIONAL_RE.fullmatch(normalise(expression))
+    if match is None:
+        return None
+    landmarks = resolve(match["landmark"], scene)
+    return landmarks[0] if len(landmarks) == 1 else None
+
+
 def _resolve_simple(match: re.Match[str], scene: Sequence[SceneObject]) -> list[SceneObject]:
     """Objects matching an optional colour and a shape word or generic noun."""
     colour, shape = match["colour"], shape_of_word(match["head"])

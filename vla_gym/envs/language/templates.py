@@ -27,6 +27,7 @@ from vla_gym.envs.language.referring import (
     SceneObject,
     alternation,
     describe,
+    landmark_of,
     normalise,
     resolve,
 )
@@ -335,6 +336,20 @@ def parse_instruction(text: str, scene: Sequence[SceneObject]) -> ParsedInstruct
     if not readings:
         raise ValueError(f"instruction matches no template: {text!r}")
     return _merge([_resolve_reading(r, scene) for r in readings], scene)
+
+
+def target_landmark(text: str, target: SceneObject, scene: Sequence[SceneObject]
+                    ) -> SceneObject | None:
+    """The landmark of the phrase by which instruction ``text`` names ``target``: in "pick up
+    the cube left of the bowl" the bowl; None when ``target`` is named without a relation (or
+    ``text`` matches no template), so a caller can fall back on the target itself."""
+    normalised = normalise(text).rstrip(".!").rstrip()
+    for reading in _readings(normalised):
+        if resolve(reading.obj, scene) == [target]:
+            found = landmark_of(reading.obj, scene)
+            if found is not None:
+                return found
+    return None
 
 
 def _resolve_reading(reading: _Reading, scene: Sequence[SceneObject]) -> ParsedInstruction:

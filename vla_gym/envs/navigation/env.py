@@ -67,6 +67,7 @@ from vla_gym.types import (
     OBS_MODES,
     STATE,
     TOP_IMAGE,
+    pixel_label,
 )
 
 TASKS: dict[str, type[NavTask]] = {"goto": GoToTask, "relative": RelativeTask}
@@ -143,9 +144,10 @@ class NavEnv(gym.Env[dict[str, Any], np.ndarray]):
                                        self.render_quality)
         self._project = CameraProjection(self.model, self.observation_camera)
         # Where the target is in every other camera's image too (``top_target_pixel``).
-        self._view_projections = view_projections(self.model, {
-            CAMERA_KEYS[c]: CAMERA_NAMES[c] for c in self.cameras
-            if c != "main" and self.obs_mode == "rgb"})
+        self._view_projections = tuple(
+            (pixel_label(view), project) for view, project in view_projections(self.model, {
+                CAMERA_KEYS[c]: CAMERA_NAMES[c] for c in self.cameras
+                if c != "main" and self.obs_mode == "rgb"}))
         self.episode: NavEpisode | None = None
         self.grid: OccupancyGrid | None = None
         self.field: np.ndarray | None = None  # path length (m) to the target's goal region

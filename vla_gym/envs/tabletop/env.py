@@ -28,7 +28,7 @@ from vla_gym.envs.base import (
     step_physics,
     validate_action,
 )
-from vla_gym.envs.language import COLOURS, SHAPES
+from vla_gym.envs.language import COLOURS, SHAPES, target_landmark
 from vla_gym.envs.rendering import (
     CameraProjection,
     EnvRenderers,
@@ -53,6 +53,8 @@ from vla_gym.types import (
     OBS_MODES,
     STATE,
     WRIST_IMAGE,
+    landmark_label,
+    pixel_label,
 )
 
 TASKS: dict[str, type[TabletopTask]] = {
@@ -132,9 +134,16 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
         self.renderers = EnvRenderers(self.model, self.image_size, self.render_size,
                                        self.render_quality)
         self._project = CameraProjection(self.model, self.observation_camera)
-        # Where the target is in every other camera's image too (``wrist_target_pixel``).
-        self._view_projections = view_projections(self.model, {
-            CAMERA_KEYS[c]: c for c in self.cameras if c != "main" and self.obs_mode == "rgb"})
+        # Where the target (and the instruction's landmark) is in every other camera's image
+        # too: (``wrist_target_pixel``, ``wrist_landmark_pixel``, projection) per view.
+        self._view_projections = tuple(
+            (pixel_label(view), landmark_label(view), project)
+            for view, project in view_projections(self.model, {
+                CAMERA_KEYS[c]: c for c in self.cameras
+                if c != "main" and self.obs_mode == "rgb"}))
+        # The slot of the object the instruction names the target by through a spatial
+        # relation; None when it names the target directly (the landmark is the target).
+        self._landmark_slot: str | None = None
         self.episode: Episode | None = None
         self._last_obs: dict[str, Any] | None = None
 
@@ -185,6 +194,9 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
             episode, layout, self.np_random, self.instruction_split)
         self.episode = Episode(episode.family, episode.target, episode.destination,
                                episode.side, episode.goal_xy, instruction)
+        landmark = target_landmark(instruction, episode.target.scene_object(),
+                                   layout.scene_objects())
+        self._landmark_slot = None if landmark is None else landmark.name
         mujoco.mj_resetData(self.model, self.data)
         self.sim.robot.reset(self.data, self.np_random)
         self.sim.apply_layout(layout)
@@ -316,16 +328,23 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
         episode = self.episode
         assert episode is not None
         target_pos = self.sim.object_pos(episode.target.slot)
+        target_pixel = self._project(self.data, target_pos)
+        landmark_pos = (None if self._landmark_slot is None
+                        else self.sim.object_pos(self._landmark_slot))
         info: dict[str, Any] = {
             "task": episode.family,
             "target": episode.target.name,
             "target_pos": target_pos,
-            "target_pixel": self._project(self.data, target_pos),
+            "target_pixel": target_pixel,
+            "landmark_pixel": target_pixel.copy() if landmark_pos is None else self._project(
+                self.data, landmark_pos),
             "destination": episode.destination.name if episode.destination else "",
             "physics_diverged": terms is None,
         }
-        for key, project in self._view_projections:
+        for key, landmark_key, project in self._view_projections:
             info[key] = project(self.data, target_pos)
+            info[landmark_key] = info[key].copy() if landmark_pos is None else project(
+                self.data, landmark_pos)
         if episode.destination is not None:
             info["destination_pos"] = self.sim.object_pos(episode.destination.slot)
         if episode.goal_xy is not None:
