@@ -160,3 +160,31 @@ def test_weights_from_another_architecture_are_refused(tmp_path):
     save_file(tensors, str(tmp_path / "model.safetensors"))
     with pytest.raises(CheckpointError, match="not written by VLAPolicy.save_pretrained"):
         VLAPolicy.from_pretrained(tmp_path)
+
+
+def test_checkpoint_written_before_a_config_field_existed_loads(tmp_path, obs):
+    """An older checkpoint lacks fields added since (FiLM's ``landmark_map``) in config.json
+    and in its weights' architecture record; it loads with their defaults, and a real
+    architecture difference is still refused."""
+    from safetensors.torch import load_file, save_file
+
+    import vla_gym.policies.checkpoint as ckpt
+
+    policy = VLAPolicy(tiny_config(fusion={"kind": "film"}))
+    policy.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["fusion"]["landmark_map"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    arch = ckpt._architecture(policy.config.to_dict())
+    del arch["fusion"]["landmark_map"]
+    tensors = load_file(str(tmp_path / "model.safetensors"))
+    save_file(tensors, str(tmp_path / "model.safetensors"),
+              metadata={"format": ckpt.FORMAT, "architecture": json.dumps(arch)})
+    loaded = VLAPolicy.from_pretrained(tmp_path)
+    assert not loaded.config.fusion.landmark_map
+    np.testing.assert_array_equal(loaded.predict(obs), policy.predict(obs))
+    arch["fusion"]["dim"] = 2 * arch["fusion"]["dim"]
+    save_file(tensors, str(tmp_path / "model.safetensors"),
+              metadata={"format": ckpt.FORMAT, "architecture": json.dumps(arch)})
+    with pytest.raises(CheckpointError, match=r"\['fusion'\] differ"):
+        VLAPolicy.from_pretrained(tmp_path)

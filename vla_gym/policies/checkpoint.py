@@ -115,12 +115,23 @@ def read_weights(root: Path, config: VLAConfig) -> dict[str, torch.Tensor]:
 
 
 def _check_architecture(metadata: dict[str, str], config: VLAConfig, path: Path) -> None:
-    saved = json.loads(metadata.get("architecture", "{}"))
+    saved = _with_defaults(json.loads(metadata.get("architecture", "{}")), config)
     current = json.loads(json.dumps(_architecture(config.to_dict()), default=_json_default))
     changed = sorted(k for k in ARCHITECTURE if saved.get(k) != current.get(k))
     if changed:
         raise CheckpointError(f"{CONFIG_NAME} does not match the weights in {path}: field(s) "
                               f"{changed} differ from the config the weights were saved with")
+
+
+def _with_defaults(saved: dict[str, Any], config: VLAConfig) -> dict[str, Any]:
+    """The saved architecture with the defaults of fields added since it was written (an
+    older checkpoint's ``fusion`` has no ``landmark_map``: it was built without one), so that
+    only a real difference refuses the weights."""
+    try:
+        filled = VLAConfig.from_dict({**config.to_dict(), **saved}).to_dict()
+    except (TypeError, ValueError):  # not a config this version reads: compare as saved
+        return saved
+    return json.loads(json.dumps(_architecture(filled), default=_json_default))
 
 
 def _fill_aliases(policy: VLAPolicy, tensors: dict[str, torch.Tensor]) -> None:
