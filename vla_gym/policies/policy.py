@@ -12,6 +12,7 @@ The contract every runner relies on (rollout CLI, stable-baselines3 adapter, ROS
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -210,32 +211,32 @@ class VLAPolicy(nn.Module):
         """Each extra camera's target map against where the target is in that camera's image
         (``wrist_target_pixel``...): in a wrist view the offset between gripper and target is
         what the next action corrects, so that map is worth supervising too."""
-        total = out.features.new_zeros(())
-        for view, view_map in zip(self.config.extra_views, out.extra_maps):
-            pixels = batch.get(pixel_label(view))
-            if view_map is None or pixels is None:
-                continue
-            loss, view_metrics = target_map_loss(view_map, torch.as_tensor(
-                np.asarray(pixels, dtype=np.float32), device=self.device))
-            total = total + loss
-            metrics[f"{view}_map_loss"] = loss.item()
-            metrics.update({f"{view}_{k}": v for k, v in view_metrics.items()})
-        return total
+        return self._map_losses(batch, zip(self.config.extra_views, out.extra_maps),
+                                pixel_label, "map", "", out, metrics)
 
     def _landmark_map_losses(self, batch: dict[str, Any], out: TrunkOutput,
                              metrics: Metrics) -> Tensor:
         """Each view's landmark map against where the instruction's landmark is in that view
-        (``landmark_pixel``, ``wrist_landmark_pixel``...; rows out of view are skipped)."""
+        (``landmark_pixel``, ``wrist_landmark_pixel``...)."""
+        return self._map_losses(batch, zip(self.config.views, out.landmark_maps),
+                                landmark_label, "landmark", "landmark_", out, metrics)
+
+    def _map_losses(self, batch: dict[str, Any], maps: Iterable[tuple[str, Tensor | None]],
+                    label: Callable[[str], str], loss_name: str, metric_prefix: str,
+                    out: TrunkOutput, metrics: Metrics) -> Tensor:
+        """Cross-entropy of each (view, map logits) against ``batch[label(view)]``, summed
+        (rows out of view are skipped); metrics ``<view>_<loss_name>_loss`` and the map's
+        accuracy as ``<view>_<metric_prefix>...``."""
         total = out.features.new_zeros(())
-        for view, landmark_map in zip(self.config.views, out.landmark_maps):
-            pixels = batch.get(landmark_label(view))
-            if landmark_map is None or pixels is None:
+        for view, logits in maps:
+            pixels = batch.get(label(view))
+            if logits is None or pixels is None:
                 continue
-            loss, view_metrics = target_map_loss(landmark_map, torch.as_tensor(
+            loss, view_metrics = target_map_loss(logits, torch.as_tensor(
                 np.asarray(pixels, dtype=np.float32), device=self.device))
             total = total + loss
-            metrics[f"{view}_landmark_loss"] = loss.item()
-            metrics.update({f"{view}_landmark_{k}": v for k, v in view_metrics.items()})
+            metrics[f"{view}_{loss_name}_loss"] = loss.item()
+            metrics.update({f"{view}_{metric_prefix}{k}": v for k, v in view_metrics.items()})
         return total
 
     def _height_loss(self, batch: dict[str, Any], out: TrunkOutput, metrics: Metrics
