@@ -26,9 +26,14 @@ def pixel_label(view: str) -> str:
     """The info key holding where the instructed target appears in image ``view`` ((column,
     row) in [0, 1]; NaN behind the camera): ``target_pixel`` for the main camera,
     ``wrist_target_pixel`` for the wrist camera's ``wrist_image``, and so on."""
+    return _view_label(view, "target_pixel")
+
+
+def _view_label(view: str, name: str) -> str:
+    """``name`` for the main camera's ``image``, ``<camera>_<name>`` for the other views."""
     if view not in CAMERA_OF_VIEW:
         raise ValueError(f"unknown image key {view!r}; expected one of {list(CAMERA_OF_VIEW)}")
-    return "target_pixel" if view == IMAGE else f"{CAMERA_OF_VIEW[view]}_target_pixel"
+    return name if view == IMAGE else f"{CAMERA_OF_VIEW[view]}_{name}"
 
 
 def shift_key(view: str) -> str:
@@ -42,7 +47,7 @@ def landmark_label(view: str) -> str:
     object a spatial relation names the target by ("the cube left of *the bowl*"), or the
     target itself when the instruction names it without a relation. ``landmark_pixel`` for the
     main camera, ``wrist_landmark_pixel`` for the wrist camera, and so on."""
-    return pixel_label(view).replace("target_pixel", "landmark_pixel")
+    return _view_label(view, "landmark_pixel")
 
 
 PIXEL_LABELS = tuple(pixel_label(view) for view in CAMERA_OF_VIEW)

@@ -11,6 +11,7 @@ import torch
 from vla_gym.training.bc import BCConfig, BCTrainer, train_bc
 from vla_gym.training.checkpoints import latest_checkpoint
 from vla_gym.training.demos import APPROACH_EVERY, APPROACH_STEPS, Demos
+from vla_gym.types import landmark_label
 
 PICK = "vla_gym/TabletopPick-v0"
 
@@ -401,7 +402,7 @@ def test_target_geometry_takes_the_demo_envs_calibration_and_records_each_shift(
         for row in original[np.isfinite(original).all(1)]:
             assert np.abs(known - row).max(1).min() < 1e-5
         # the landmark's label moves with the image too
-        landmark = batch[label.replace("target", "landmark")] - moves
+        landmark = batch[landmark_label(view)] - moves
         known = demos.landmark_pixel if view == "image" else demos.wrist_landmark_pixel
         for row in landmark[np.isfinite(landmark).all(1)]:
             assert np.abs(known - row).max(1).min() < 1e-5
