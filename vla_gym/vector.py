@@ -695,6 +695,7 @@ class HybridVectorEnv(LeanInfoMixin, gym.vector.VectorEnv):
             if hasattr(self, "_remote"):
                 self._remote.close(terminate=True)
             self._local.close()
+            self.closed = True  # all closed here; the finaliser has nothing left to close
             raise
         self.workers = int(workers)
         self.autoreset_mode = self._local.autoreset_mode

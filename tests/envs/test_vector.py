@@ -449,3 +449,20 @@ def test_worker_errors_come_back_as_their_type_or_a_worker_error():
         error = _rebuilt_error(kind, "boom")
         assert type(error) is WorkerError and "boom" in str(error)
     assert "NeedsTwo: boom" in str(_rebuilt_error(NeedsTwo, "boom"))
+
+
+def test_hybrid_whose_worker_fails_to_start_raises_and_is_left_closed(monkeypatch):
+    """A worker env that cannot be built: the parent raises its error, and the half-built
+    vector env is closed (its finaliser has nothing left to close and raises nothing)."""
+    import functools
+    import gc
+    import sys
+
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    fns = [functools.partial(gym.make, PICK, **SMALL),
+           functools.partial(gym.make, "vla_gym/NoSuchEnv-v0")]
+    with pytest.raises(Exception, match="NoSuchEnv"):
+        HybridVectorEnv(fns, local_envs=1, context="spawn")
+    gc.collect()
+    assert unraisable == []
