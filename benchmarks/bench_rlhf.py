@@ -1,10 +1,12 @@
 """RL from preferences vs the BC policy it starts from, with PPO on the true reward as the anchor.
 
-Starting from a BC run (``--bc``), for the same RL budget (``--steps`` env steps, PPO):
+Starting from a BC run (``--bc``), for the same RL budget (``--steps`` env steps; PPO, or
+another algorithm with ``--rl '{"algo": "rft"}'``, reward-ranked fine-tuning):
 
 * **RLHF** at each label budget of ``--labels`` (oracle labels; the largest is the headline),
   the learner seeing only the learned reward;
-* **anchor**: PPO on the env's true reward, same steps, same BC penalty (the upper bound);
+* **anchor**: the same algorithm on the env's true reward, same steps, same BC anchor (the
+  upper bound);
 
 then every policy, the BC one included, is evaluated on the same ``--eval-episodes`` seeded
 scenes with :func:`vla_gym.evaluation.evaluate` (success with a 95% Wilson interval). The
@@ -136,8 +138,8 @@ def main() -> None:
     report["rlhf"] = [run(f"rlhf_{n}", dataclasses.replace(base, labels=n), bc, args)
                       for n in budgets]
     if not args.no_anchor:
-        report["anchor"] = run("ppo_true_reward", dataclasses.replace(base, true_reward=True),
-                               bc, args)
+        report["anchor"] = run(f"{rl.algo}_true_reward",
+                               dataclasses.replace(base, true_reward=True), bc, args)
     headline = report["rlhf"][-1]
     report["success_gain"] = (headline["eval"]["success_rate"]
                               - report["bc_eval"]["success_rate"])

@@ -77,6 +77,21 @@ def test_calibration_reproduces_every_camera_pose_from_the_state(close_to_target
     assert calibration["image"]["fovy"] == pytest.approx(model.cam_fovy[main.id])
 
 
+def test_projection_gives_the_envs_pixel_labels_in_every_view(close_to_target):
+    """``project`` (world point -> pixel, the inverse of lifting) reproduces the env's
+    target-pixel labels from the state alone, main and wrist camera; behind a camera is NaN."""
+    _, calibration, obs, info = close_to_target
+    geometry = TargetGeometry(calibration, VIEWS, fused_dim=4)
+    state = torch.tensor(obs["state"])[None]
+    target = torch.tensor(info["target_pos"], dtype=torch.float32)[None]
+    pixels = geometry.project(target, state)
+    np.testing.assert_allclose(pixels["image"][0].numpy(), info["target_pixel"], atol=1e-4)
+    np.testing.assert_allclose(pixels["wrist_image"][0].numpy(), info["wrist_target_pixel"],
+                               atol=1e-4)
+    above = target + torch.tensor([[0.0, 0.0, 5.0]])  # high above the main camera
+    assert torch.isnan(geometry.project(above, state)["image"]).all()
+
+
 def test_exact_maps_lift_to_the_targets_offset_from_the_gripper(close_to_target):
     _, calibration, obs, info = close_to_target
     target = np.asarray(info["target_pos"])

@@ -108,6 +108,32 @@ class TargetGeometry(nn.Module):
         with torch.autocast(device_type=state.device.type, enabled=False):
             return self._lift(maps, height.detach().float(), state.float(), shifts), height
 
+    @torch.no_grad()
+    def project(self, points: Tensor, state: Tensor) -> dict[str, Tensor]:
+        """Where world ``points`` (B, 3) appear in each calibrated view, given the raw ``state``
+        (B, state_dim) that places the end effector: per view, (B, 2) (column, row) in image
+        fractions as the env's pixel labels give them (outside [0, 1] out of frame, NaN behind
+        the camera). The inverse of the ray casting that lifts a map's pixel."""
+        points, state = points.float(), state.float()
+        ee = state[:, list(EE_POS)]
+        ee_rot = quaternion_to_matrix(state[:, list(EE_QUAT)])
+        out = {}
+        for i, view in enumerate(self.views):
+            if self.on_effector[i]:
+                origin = ee + ee_rot @ self.pos[i]
+                world_from_camera = ee_rot @ self.rot[i]
+            else:
+                origin = self.pos[i].expand_as(points)
+                world_from_camera = self.rot[i].expand(len(points), 3, 3)
+            local = (world_from_camera.transpose(1, 2) @ (points - origin).unsqueeze(-1))[..., 0]
+            depth = -local[:, 2]  # the camera looks down its -z
+            safe = torch.where(depth > 1e-6, depth, torch.ones_like(depth))
+            pixel = torch.stack([0.5 + self.focal[i] * local[:, 0] / safe,
+                                 0.5 - self.focal[i] * local[:, 1] / safe], dim=-1)
+            out[view] = torch.where((depth > 1e-6).unsqueeze(-1), pixel,
+                                    torch.full_like(pixel, float("nan")))
+        return out
+
     def _lift(self, maps: Sequence[Tensor | None], z: Tensor, state: Tensor,
               shifts: Mapping[str, Tensor] | None) -> Tensor:
         ee = state[:, list(EE_POS)]

@@ -146,12 +146,15 @@ class VLAPolicy(nn.Module):
                           shifts=inputs.shifts)
 
     # ---- training -------------------------------------------------------------------------
-    def forward(self, batch: dict[str, Any]) -> tuple[Tensor, Metrics]:
+    def forward(self, batch: dict[str, Any], anchor_weight: float = 0.0
+                ) -> tuple[Tensor, Metrics]:
         """Total loss and float metrics for a batch of observations plus ``action``.
 
         Optional keys for the grounding head: ``target_pos`` (B, 3), ``target`` (B names) and
         ``target_pixel`` (B, 2: where the target is in the image, supervising a fusion's
-        target map).
+        target map). With ``anchor_weight`` > 0 the batch also needs ``anchor_action`` (B,
+        action_dim), a second action target (e.g. a reference policy's actions) whose action
+        loss is added with that weight (metric ``anchor_loss``).
         """
         inputs = self.preprocess(batch)
         if "action" not in batch:
@@ -160,6 +163,15 @@ class VLAPolicy(nn.Module):
         target = torch.as_tensor(np.asarray(batch["action"]), device=self.device).float()
         out = self.features(inputs)
         loss, metrics = self.action_loss(out.features, target)
+        if anchor_weight > 0:
+            if "anchor_action" not in batch:
+                raise ObservationError("anchor_weight > 0 needs 'anchor_action' (B, "
+                                       "action_dim) in the batch")
+            anchor = torch.as_tensor(np.asarray(batch["anchor_action"]),
+                                     device=self.device).float()
+            anchor_loss, _ = self.action_loss(out.features, anchor)
+            loss = loss + anchor_weight * anchor_loss
+            metrics["anchor_loss"] = anchor_loss.item()
         loss = loss + self._aux_losses(batch, inputs, out, metrics)
         metrics["loss"] = loss.item()
         return loss, metrics

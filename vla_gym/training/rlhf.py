@@ -377,6 +377,8 @@ class RLHFRun:
         steps = self.config.share(self.config.rl_steps, iteration)
         if steps == 0:
             return {"steps": 0}
+        if self.config.rl.algo == "rft":
+            return self._improve_ranked(steps)
         if self.model is None:
             self.model = self._build()
         seen = len(self.reward_log.episodes)
@@ -391,6 +393,23 @@ class RLHFRun:
         self.current = export_policy(self.model.policy, self.bc)
         return {"steps": steps, "total_steps": int(self.model.num_timesteps),
                 **self.reward_log.summary(seen)}
+
+    def _improve_ranked(self, steps: int) -> dict[str, Any]:
+        """Reward-ranked fine-tuning (:mod:`vla_gym.training.rft`): episodes ranked by the
+        learned reward (the env's for the true-reward anchor)."""
+        from vla_gym.training.rft import RankedFineTuning
+
+        cfg = self.config
+        if self.model is None:
+            if not cfg.true_reward and self.reward_model is None:
+                raise RuntimeError("RL from preferences needs a reward model first")
+            limit = gym.spec(cfg.env_id).max_episode_steps or 100
+            self.model = RankedFineTuning(self.bc, cfg.rl, cfg.env_id, self.env_kwargs,
+                                          int(self.env_kwargs.get("max_episode_steps", limit)))
+        score = None if cfg.true_reward else self.reward_model.predict
+        result = self.model.improve(steps, score)
+        self.current = self.model.policy
+        return result
 
     def _build(self) -> Any:
         cfg = self.config
@@ -418,7 +437,7 @@ class RLHFRun:
     def save(self, iteration: int) -> None:
         directory = self.out / f"iter_{iteration}"
         self.current.save_pretrained(directory / "policy")
-        if self.model is not None:
+        if self.model is not None and hasattr(self.model, "save"):  # SB3's (RFT has none)
             self.model.save(directory / "sb3_model.zip")
 
     # -- the loop ------------------------------------------------------------------------

@@ -181,12 +181,13 @@ def export_policy(sb3_policy: Any, template: Any) -> Any:
 
 
 # -- the RL algorithm ---------------------------------------------------------------------------
-ALGOS = ("ppo", "sac")
+ALGOS = ("ppo", "sac", "rft")
 
 
 @dataclass(frozen=True)
 class RLConfig:
-    """The RL algorithm and its settings (PPO by default; SAC as an option)."""
+    """The RL algorithm and its settings: PPO by default; SAC, or reward-ranked fine-tuning
+    ("rft", :mod:`vla_gym.training.rft`) as options."""
 
     algo: str = "ppo"
     n_envs: int = 4
@@ -210,6 +211,16 @@ class RLConfig:
     # the env's alike, so both reach the learner at a comparable scale.
     normalize_reward: bool = True
     buffer_size: int = 10_000  # SAC replay buffer (image observations are large)
+    # RFT: action noise levels the episodes cycle through, the fraction of each call's episodes
+    # kept (by learned return), gradient steps per call and their learning rate; batch_size,
+    # n_envs (rollout envs), bc_weight (the anchor, here a loss weight) are shared.
+    rft_noise: tuple[float, ...] = (0.0, 0.1, 0.2)
+    rft_keep: float = 0.3
+    rft_updates: int = 300
+    rft_lr: float = 1e-4
+    # RFT: kept episodes label the policy's target maps with where the object they ended
+    # holding was (``rft.hindsight_pixels``; needs target geometry, else nothing is added)
+    rft_hindsight: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -218,12 +229,18 @@ class RLConfig:
         if self.critic_trunk not in ("shared", "separate"):
             raise ValueError(f"RLConfig.critic_trunk must be 'shared' or 'separate', got "
                              f"{self.critic_trunk!r}")
+        if not 0 < self.rft_keep <= 1:
+            raise ValueError(f"RLConfig.rft_keep must be in (0, 1], got {self.rft_keep}")
+        if not self.rft_noise or min(self.rft_noise) < 0:
+            raise ValueError(f"RLConfig.rft_noise needs levels >= 0, got {self.rft_noise}")
         if self.init_std <= 0:
             raise ValueError(f"RLConfig.init_std must be > 0, got {self.init_std}")
 
 
 def build_model(policy: Any, venv: Any, rl: RLConfig, tb_dir: Path | None = None) -> Any:
     """PPO or SAC whose actor starts as the BC policy."""
+    if rl.algo not in ("ppo", "sac"):
+        raise ValueError(f"build_model makes SB3's PPO or SAC, not {rl.algo!r}")
     shared = rl.critic_trunk == "shared"
     kwargs = actor_kwargs(policy, rl.value_layers, math.log(rl.init_std), shared)
     common: dict[str, Any] = {
