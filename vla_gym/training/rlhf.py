@@ -291,7 +291,8 @@ class RLHFRun:
         self.labels_path = self.out / "labels.sqlite"
         self.query_dirs: list[Path] = []
         self.reward_model: RewardEnsemble | None = None
-        self.model: Any = None
+        self.model: Any = None  # the SB3 model (PPO / SAC)
+        self.ranked: Any = None  # or the reward-ranked fine-tuning learner (algo "rft")
         self.reward_log = TrueRewardLog()
         self.bc_regulariser = BCRegulariser(config.rl.bc_loss_weight, config.rl.batch_size,
                                             config.rl.seed)
@@ -400,15 +401,15 @@ class RLHFRun:
         from vla_gym.training.rft import RankedFineTuning
 
         cfg = self.config
-        if self.model is None:
+        if self.ranked is None:
             if not cfg.true_reward and self.reward_model is None:
                 raise RuntimeError("RL from preferences needs a reward model first")
             limit = gym.spec(cfg.env_id).max_episode_steps or 100
-            self.model = RankedFineTuning(self.bc, cfg.rl, cfg.env_id, self.env_kwargs,
-                                          int(self.env_kwargs.get("max_episode_steps", limit)))
+            self.ranked = RankedFineTuning(self.bc, cfg.rl, cfg.env_id, self.env_kwargs,
+                                           int(self.env_kwargs.get("max_episode_steps", limit)))
         score = None if cfg.true_reward else self.reward_model.predict
-        result = self.model.improve(steps, score)
-        self.current = self.model.policy
+        result = self.ranked.improve(steps, score)
+        self.current = self.ranked.policy
         return result
 
     def _build(self) -> Any:
@@ -437,7 +438,7 @@ class RLHFRun:
     def save(self, iteration: int) -> None:
         directory = self.out / f"iter_{iteration}"
         self.current.save_pretrained(directory / "policy")
-        if self.model is not None and hasattr(self.model, "save"):  # SB3's (RFT has none)
+        if self.model is not None:
             self.model.save(directory / "sb3_model.zip")
 
     # -- the loop ------------------------------------------------------------------------
@@ -460,6 +461,11 @@ class RLHFRun:
                  f"({entry['seconds']:.0f} s)")
         return entry
 
+    def rl_steps(self) -> int:
+        """Env steps the RL learner has taken so far."""
+        learner = self.model if self.model is not None else self.ranked
+        return int(learner.num_timesteps) if learner is not None else 0
+
     def labels_used(self) -> int:
         from vla_gym.training.label_store import LabelStore
 
@@ -479,7 +485,7 @@ class RLHFRun:
         final = self.metrics["iterations"][-1]["eval"]
         self.metrics["final"] = {
             "eval": final, "labels": self.labels_used(),
-            "rl_steps": int(self.model.num_timesteps) if self.model is not None else 0,
+            "rl_steps": self.rl_steps(),
             "success_gain": final["success_rate"] - self.metrics["bc_eval"]["success_rate"],
             "seconds": time.perf_counter() - started}
         write_json(self.out / "metrics.json", self.metrics)
