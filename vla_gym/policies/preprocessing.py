@@ -161,3 +161,10 @@ def add_batch_dim(obs: Any) -> dict[str, Any]:
         else:
             out[key] = np.asarray(value)[None]
     return out
+
+
+def stack_observations(observations: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Single observations (as an env returns them) -> one batch: arrays stacked, the
+    instructions as a list."""
+    return {k: ([o[k] for o in observations] if k == INSTRUCTION
+                else np.stack([o[k] for o in observations])) for k in observations[0]}

@@ -30,8 +30,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
-from vla_gym.types import INSTRUCTION
+from vla_gym.policies.geometry import EE_POS
+from vla_gym.policies.preprocessing import stack_observations
+from vla_gym.types import INSTRUCTION, STATE, pixel_label
 
 # How far the effector must rise with the gripper shut for a grasp to count as a lift.
 LIFT_M = 0.03
@@ -71,11 +74,6 @@ class _Running:
 
 def _row(batch: dict[str, Any], i: int) -> dict[str, Any]:
     return {k: (v[i] if k == INSTRUCTION else np.array(v[i])) for k, v in batch.items()}
-
-
-def _stack_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    return {k: ([r[k] for r in rows] if k == INSTRUCTION else np.stack([r[k] for r in rows]))
-            for k in rows[0]}
 
 
 def roll_out(env_id: str, env_kwargs: dict[str, Any], policy: Any, bc_policy: Any,
@@ -139,7 +137,7 @@ def _roll_chunk(vec: Any, policy: Any, bc_policy: Any, score: Score, seeds: list
             run.true += float(true_reward[i])
             run.success = run.success or bool(success[i])
         done |= np.logical_or(terminated, truncated)
-    return [Episode(_stack_rows(r.observations), np.stack(r.actions), np.stack(r.bc_actions),
+    return [Episode(stack_observations(r.observations), np.stack(r.actions), np.stack(r.bc_actions),
                     r.learned, r.true, r.success, float(n))
             for r, n in zip(running, noises, strict=True)]
 
@@ -159,11 +157,6 @@ def hindsight_pixels(policy: Any, episode: Episode) -> dict[str, np.ndarray]:
 
     For a kept episode these say "the named object is the one this episode picked up", which
     the learned reward chose: the kind of label BC's target maps learn from."""
-    import torch
-
-    from vla_gym.policies.geometry import EE_POS
-    from vla_gym.types import STATE, pixel_label
-
     geometry = getattr(policy.trunk, "geometry", None)
     grip = policy.config.contract.grip_index
     if geometry is None or grip is None:
@@ -259,8 +252,6 @@ class RankedFineTuning:
 
     def __init__(self, bc_policy: Any, rl: Any, env_id: str, env_kwargs: dict[str, Any],
                  max_episode_steps: int) -> None:
-        import torch
-
         self.bc, self.rl, self.env_id, self.env_kwargs = bc_policy, rl, env_id, env_kwargs
         self.episode_steps = max_episode_steps
         self.policy = copy.deepcopy(bc_policy)
@@ -304,8 +295,6 @@ class RankedFineTuning:
         """``rft_updates`` gradient steps on the elite buffer: the policy's training loss on
         the executed actions (with its map losses on the hindsight labels) + ``bc_weight`` x
         the action loss toward the BC actions."""
-        import torch
-
         policy, rl = self.policy, self.rl
         policy.train()
         losses = []

@@ -34,7 +34,7 @@ import gymnasium as gym
 import numpy as np
 
 from vla_gym.jsonfile import write_json
-from vla_gym.policies.preprocessing import add_batch_dim
+from vla_gym.policies.preprocessing import add_batch_dim, stack_observations
 from vla_gym.training.preferences import OracleConfig, Variant
 from vla_gym.training.reward_model import RewardEnsemble, RewardModelConfig
 from vla_gym.training.sb3_init import (
@@ -44,7 +44,6 @@ from vla_gym.training.sb3_init import (
     TrueRewardLog,
     build_model,
 )
-from vla_gym.types import INSTRUCTION
 
 Log = Callable[[str], None]
 
@@ -124,11 +123,6 @@ class RawObservations(gym.Wrapper):
         return obs, float(reward), terminated, truncated, info
 
 
-def _stack(observations: list[dict[str, Any]]) -> dict[str, Any]:
-    return {k: ([o[k] for o in observations] if k == INSTRUCTION
-                else np.stack([o[k] for o in observations])) for k in observations[0]}
-
-
 def _vec_env_wrapper() -> type:
     from stable_baselines3.common.vec_env import VecEnvWrapper
 
@@ -158,9 +152,9 @@ class BatchedReward(_vec_env_wrapper()):  # type: ignore[misc]
         rewards = np.asarray(true_rewards, np.float64)
         learned = None
         if self.reward_model is not None:
-            learned = self.reward_model.predict(_stack([r.after for r in self.raws]))
+            learned = self.reward_model.predict(stack_observations([r.after for r in self.raws]))
             rewards = learned.astype(np.float64)
-        before = _stack([r.before for r in self.raws])
+        before = stack_observations([r.before for r in self.raws])
         penalty = anchor_penalty(self.policy, self.weight, before, self._actions)
         for i, info in enumerate(infos):
             info["true_reward"] = float(true_rewards[i])
