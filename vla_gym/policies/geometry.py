@@ -115,17 +115,12 @@ class TargetGeometry(nn.Module):
         fractions as the env's pixel labels give them (outside [0, 1] out of frame, NaN behind
         the camera). The inverse of the ray casting that lifts a map's pixel."""
         points, state = points.float(), state.float()
-        ee = state[:, list(EE_POS)]
-        ee_rot = quaternion_to_matrix(state[:, list(EE_QUAT)])
+        ee, ee_rot = self._effector_pose(state)
         out = {}
         for i, view in enumerate(self.views):
-            if self.on_effector[i]:
-                origin = ee + ee_rot @ self.pos[i]
-                world_from_camera = ee_rot @ self.rot[i]
-            else:
-                origin = self.pos[i].expand_as(points)
-                world_from_camera = self.rot[i].expand(len(points), 3, 3)
-            local = (world_from_camera.transpose(1, 2) @ (points - origin).unsqueeze(-1))[..., 0]
+            origin, world_from_camera = self._camera_pose(i, ee, ee_rot)
+            local = (world_from_camera.transpose(-1, -2)
+                     @ (points - origin).unsqueeze(-1))[..., 0]
             depth = -local[:, 2]  # the camera looks down its -z
             safe = torch.where(depth > 1e-6, depth, torch.ones_like(depth))
             pixel = torch.stack([0.5 + self.focal[i] * local[:, 0] / safe,
@@ -134,10 +129,21 @@ class TargetGeometry(nn.Module):
                                     torch.full_like(pixel, float("nan")))
         return out
 
+    @staticmethod
+    def _effector_pose(state: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, 3) position and (B, 3, 3) rotation of the end effector in the raw state."""
+        return state[:, list(EE_POS)], quaternion_to_matrix(state[:, list(EE_QUAT)])
+
+    def _camera_pose(self, i: int, ee: Tensor, ee_rot: Tensor) -> tuple[Tensor, Tensor]:
+        """View ``i``'s camera origin (B, 3) and world-from-camera rotation ((B, 3, 3) on the
+        effector, (3, 3) fixed in the world)."""
+        if self.on_effector[i]:
+            return ee + ee_rot @ self.pos[i], ee_rot @ self.rot[i]
+        return self.pos[i].expand_as(ee), self.rot[i]
+
     def _lift(self, maps: Sequence[Tensor | None], z: Tensor, state: Tensor,
               shifts: Mapping[str, Tensor] | None) -> Tensor:
-        ee = state[:, list(EE_POS)]
-        ee_rot = quaternion_to_matrix(state[:, list(EE_QUAT)])
+        ee, ee_rot = self._effector_pose(state)
         parts = []
         for i, (view, slot) in enumerate(zip(self.views, self.slots)):
             logits = maps[slot]
@@ -151,13 +157,8 @@ class TargetGeometry(nn.Module):
             ray = torch.stack([(pixel[:, 0] - 0.5) / self.focal[i],
                                -(pixel[:, 1] - 0.5) / self.focal[i],
                                -torch.ones_like(pixel[:, 0])], dim=-1)  # camera looks down -z
-            if self.on_effector[i]:
-                origin = ee + (ee_rot @ self.pos[i])
-                direction = ee_rot @ (self.rot[i] @ ray.unsqueeze(-1))
-            else:
-                origin = self.pos[i].expand_as(ee)
-                direction = self.rot[i] @ ray.unsqueeze(-1)
-            direction = direction.squeeze(-1)
+            origin, world_from_camera = self._camera_pose(i, ee, ee_rot)
+            direction = (world_from_camera @ ray.unsqueeze(-1)).squeeze(-1)
             # A ray that does not point down never meets the plane: treat it as nearly level.
             down = direction[:, 2].clamp(max=-1e-2)
             point = origin[:, :2] + ((z - origin[:, 2]) / down).unsqueeze(-1) * direction[:, :2]

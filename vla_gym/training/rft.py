@@ -262,13 +262,14 @@ class RankedFineTuning:
         self.rng = np.random.default_rng(rl.seed)
         self.buffer = EliteBuffer()
         self.num_timesteps = 0
+        self.episodes_run = 0  # each episode gets its own seed, seed_base + its number
         self.seed_base = 2_000_000 + 100_000 * int(rl.seed)
 
     def improve(self, steps: int, score: Score) -> dict[str, Any]:
         """Roll out ``steps // episode length`` episodes (at least one), keep the best, fit."""
         count = max(1, steps // self.episode_steps)
-        seeds = [self.seed_base + self.num_timesteps // self.episode_steps + i
-                 for i in range(count)]
+        seeds = [self.seed_base + self.episodes_run + i for i in range(count)]
+        self.episodes_run += count
         levels = self.rl.rft_noise
         noises = [levels[i % len(levels)] for i in range(count)]
         self.policy.eval()
