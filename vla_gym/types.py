@@ -36,6 +36,12 @@ def _view_label(view: str, name: str) -> str:
     return name if view == IMAGE else f"{CAMERA_OF_VIEW[view]}_{name}"
 
 
+# Exploration (``vla_gym.training.rft``): a world point (B, 3) per observation, NaN where none,
+# that pulls a policy's calibrated target maps toward where it appears in each view, so the
+# policy goes for that object instead of the one its maps favour. Not an env observation.
+FOCUS = "focus_point"
+
+
 def shift_key(view: str) -> str:
     """The training-batch key of how far augmentation moved each of ``view``'s images'
     content, (B, 2) (column, row) fractions of the image."""
@@ -48,6 +54,13 @@ def landmark_label(view: str) -> str:
     target itself when the instruction names it without a relation. ``landmark_pixel`` for the
     main camera, ``wrist_landmark_pixel`` for the wrist camera, and so on."""
     return _view_label(view, "landmark_pixel")
+
+
+def anchor_map_key(view: str) -> str:
+    """The training-batch key of a reference policy's target-map logits (B, cells) on view
+    ``view``'s frames: ``anchor_target_map``, ``wrist_anchor_target_map``, ... (RL fine-tuning
+    keeps a policy's maps near its BC policy's with them)."""
+    return _view_label(view, "anchor_target_map")
 
 
 PIXEL_LABELS = tuple(pixel_label(view) for view in CAMERA_OF_VIEW)

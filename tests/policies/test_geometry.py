@@ -17,10 +17,14 @@ from vla_gym.policies.geometry import (
     EE_QUAT,
     TargetGeometry,
     calibration_from_env,
+    focus_bias,
+    map_peaks,
     map_pixel,
     quaternion_to_matrix,
 )
 from vla_gym.policies.heads import bilinear_cell_weights
+from vla_gym.policies.preprocessing import ObservationError
+from vla_gym.types import FOCUS
 
 PICK = "vla_gym/TabletopPick-v0"
 VIEWS = ("image", "wrist_image")
@@ -144,6 +148,63 @@ def test_a_shifted_images_map_is_moved_back_before_lifting(close_to_target):
     assert (not_undone[0, :2] - expected[0, :2]).abs().max() > 0.1
 
 
+def test_lifting_a_projected_point_gives_it_back(close_to_target):
+    _, calibration, obs, info = close_to_target
+    geometry = TargetGeometry(calibration, VIEWS, fused_dim=4)
+    state = torch.tensor(obs["state"])[None]
+    target = torch.tensor(info["target_pos"], dtype=torch.float32)[None]
+    for view, pixel in geometry.project(target, state).items():
+        back = geometry.lift(view, pixel, target[:, 2], state)
+        np.testing.assert_allclose(back.numpy(), target.numpy(), atol=1e-4)
+    with pytest.raises(ValueError, match="no calibration"):
+        geometry.lift("top_image", torch.zeros(1, 2), target[:, 2], state)
+
+
+def test_map_peaks_finds_separate_blobs_strongest_first():
+    side = 12
+    logits = torch.full((1, side * side), -20.0)
+    for (row, col), value in {(2, 3): 3.0, (8, 9): 4.0, (8, 10): 4.0}.items():
+        logits[0, row * side + col] = value
+    pixels, mass = map_peaks(logits, 3)
+    # the two-cell blob at row 8 is the strongest; its centre of mass lies between its cells
+    np.testing.assert_allclose(pixels[0, 0].numpy(), [10.0 / side, 8.5 / side], atol=1e-4)
+    np.testing.assert_allclose(pixels[0, 1].numpy(), [3.5 / side, 2.5 / side], atol=1e-4)
+    assert mass[0, 0] > mass[0, 1] > mass[0, 2] >= 0.0
+    assert mass[0, :2].sum() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_a_focus_point_pulls_each_view_to_where_it_appears(close_to_target):
+    """With a flat main map and a wrist map on the target, a focus on another point of the
+    table moves both lifted points to it (the wrist only where it sees the point); NaN
+    focus rows and points outside a view leave that map alone."""
+    _, calibration, obs, info = close_to_target
+    target = np.asarray(info["target_pos"], np.float32)
+    geometry = geometry_at_height(calibration, float(target[2]))
+    state = torch.tensor(obs["state"])[None].repeat(2, 1)
+    maps = [torch.zeros(2, 144), exact_map(info["wrist_target_pixel"], 12).repeat(2, 1)]
+    elsewhere = target + np.array([0.2, -0.15, 0.0], np.float32)  # far out of the wrist view
+    focus = torch.tensor(np.stack([elsewhere, np.full(3, np.nan, np.float32)]))
+    plain, _ = geometry(maps, torch.zeros(2, 4), state)
+    steered, _ = geometry(maps, torch.zeros(2, 4), state, focus=focus)
+    ee = obs["state"][list(EE_POS)]
+    towards = (elsewhere[:2] - ee[:2]) / 0.1
+    assert np.linalg.norm(steered[0, 0:2].numpy() - towards) < 0.15  # main: to the focus
+    assert np.linalg.norm(plain[0, 0:2].numpy() - towards) > 1.0
+    np.testing.assert_allclose(steered[0, 3:5].numpy(), plain[0, 3:5].numpy(), atol=1e-5)
+    np.testing.assert_allclose(steered[1].numpy(), plain[1].numpy(), atol=1e-6)  # NaN row
+    near = torch.tensor(target[None])  # a focus the wrist sees keeps the wrist on it
+    kept, _ = geometry([m[:1] for m in maps], torch.zeros(1, 4), state[:1], focus=near)
+    np.testing.assert_allclose(kept[0, 3:5].numpy(), plain[0, 3:5].numpy(), atol=0.05)
+
+
+def test_focus_bias_is_zero_without_a_point_in_the_image():
+    logits = torch.zeros(3, 64)
+    bias = focus_bias(logits, torch.tensor([[0.3, 0.6], [float("nan")] * 2, [1.2, 0.5]]), 0.05)
+    assert bias[0].argmax().item() == 4 * 8 + 2  # row 0.6 -> cell 4, column 0.3 -> cell 2
+    assert bias[0].max() > -1.0 and bias[0].min() < -50.0
+    assert (bias[1:] == 0).all()
+
+
 def geometry_config(calibration, **changes):
     settings = {"views": VIEWS, "fusion": {"kind": "film"}, "geometry": {"cameras": calibration},
                 "aux": {"grounding_weight": 1.0, "grounding_classes": ("red cube",)}}
@@ -176,6 +237,36 @@ def test_policy_with_geometry_learns_the_height_and_round_trips(close_to_target,
     moved = {**obs_batch, "state": obs_batch["state"].copy()}
     moved["state"][:, list(EE_POS)] += 0.05
     assert not np.allclose(policy.predict(moved), policy.predict(obs_batch))
+
+
+def test_target_candidates_lie_on_the_main_maps_blobs_and_a_focus_steers_the_policy(
+        close_to_target):
+    _, calibration, obs, _ = close_to_target
+    torch.manual_seed(0)
+    policy = VLAPolicy(geometry_config(calibration)).eval()
+    batch = {"image": obs["image"][None].repeat(2, 0),
+             "wrist_image": obs["wrist_image"][None].repeat(2, 0),
+             "state": obs["state"][None].repeat(2, 0), "instruction": [obs["instruction"]] * 2}
+    candidates = policy.target_candidates(batch, 3)
+    assert candidates.shape == (2, 3, 3) and np.isfinite(candidates).all()
+    with torch.no_grad():
+        out = policy.features(policy.preprocess(batch))
+    pixels, _ = map_peaks(out.target_map, 3)
+    np.testing.assert_allclose(candidates[0, :, 2], out.target_height[0].item(), atol=1e-5)
+    state = torch.tensor(batch["state"][:1]).repeat(3, 1)
+    seen = policy.trunk.geometry.project(torch.tensor(candidates[0]), state)["image"]
+    np.testing.assert_allclose(seen.numpy(), pixels[0].numpy(), atol=1e-4)
+    plain = policy.predict(batch)
+    assert not np.allclose(policy.predict({**batch, FOCUS: candidates[:, 2]}), plain)
+    none = {**batch, FOCUS: np.full((2, 3), np.nan, np.float32)}
+    np.testing.assert_array_equal(policy.predict(none), plain)
+    with pytest.raises(ObservationError, match="focus_point"):
+        policy.predict({**batch, FOCUS: candidates[:, 0, :2]})
+    flat = VLAPolicy(tiny_config(views=VIEWS)).eval()
+    with pytest.raises(ObservationError, match="no target geometry"):
+        flat.predict({**batch, FOCUS: candidates[:, 0]})
+    with pytest.raises(ValueError, match="target geometry"):
+        flat.target_candidates(batch, 2)
 
 
 def test_geometry_config_is_checked(close_to_target):

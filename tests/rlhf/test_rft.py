@@ -7,20 +7,23 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 from rlhf_helpers import PICK, tiny_policy_config, tiny_reward_config
 
 from vla_gym.policies import VLAPolicy
 from vla_gym.training.rft import (
     EliteBuffer,
     Episode,
+    FocusedPolicy,
     RankedFineTuning,
+    best_per_scene,
     hindsight_pixels,
     lifting_grasp,
     roll_out,
     top_episodes,
 )
 from vla_gym.training.rlhf import RLConfig, RLHFConfig, run_rlhf
-from vla_gym.types import ARM_STATE_FIELDS, IMAGE, INSTRUCTION, STATE
+from vla_gym.types import ARM_STATE_FIELDS, FOCUS, IMAGE, INSTRUCTION, STATE
 
 STATE_DIM = len(ARM_STATE_FIELDS)
 ENV_KWARGS = {"image_size": 32, "terminate_on_success": False, "max_episode_steps": 20}
@@ -231,3 +234,158 @@ def test_an_anchor_weight_needs_anchor_actions_and_adds_their_loss():
     same, metrics = policy({**batch, "anchor_action": episode.actions}, anchor_weight=2.0)
     assert same.item() == pytest.approx(3 * plain.item(), rel=1e-5)
     assert metrics["anchor_loss"] == pytest.approx(plain.item(), rel=1e-5)
+
+
+VIEWS = ("image", "wrist_image")
+WRIST_KWARGS = {**ENV_KWARGS, "cameras": ("main", "wrist")}
+
+
+def _geometry_policy() -> VLAPolicy:
+    import gymnasium as gym
+
+    from vla_gym.policies.geometry import calibration_from_env
+
+    env = gym.make(PICK, image_size=32, cameras=("main", "wrist"))
+    calibration = calibration_from_env(env, VIEWS)
+    env.close()
+    rng = np.random.default_rng(0)
+    policy = VLAPolicy(tiny_policy_config(
+        views=VIEWS, fusion={"kind": "film"}, geometry={"cameras": calibration},
+        aux={"grounding_weight": 1.0, "grounding_classes": ("red cube",)}))
+    policy.set_normalization(actions=rng.normal(0.0, 0.5, (64, 7)),
+                             states=rng.normal(0.0, 1.0, (64, STATE_DIM)))
+    return policy.eval()
+
+
+def test_best_per_scene_keeps_each_seeds_highest_learned_return():
+    episodes = [_episode(v, 0.0) for v in (1.0, 3.0, 2.0, 0.5, 0.5, 0.2)]
+    best = best_per_scene(episodes, [7, 7, 7, 8, 8, 9])
+    assert [e.learned_return for e in best] == [3.0, 0.5, 0.2]
+    assert best[1] is episodes[3]  # a tie keeps the earlier try
+    with pytest.raises(ValueError):
+        best_per_scene(episodes, [7, 7])
+
+
+def test_steered_tries_hold_their_focus_for_the_episode_and_differ_from_the_own_try():
+    policy = _geometry_policy()
+    episodes = roll_out(PICK, WRIST_KWARGS, policy, policy, None, [5, 5, 5], [0.0] * 3,
+                        np.random.default_rng(0), num_envs=3, ranks=[None, 0, 2])
+    own, first, third = episodes
+    assert [e.focus_rank for e in episodes] == [None, 0, 2]
+    assert np.isnan(own.observations[FOCUS]).all()
+    for steered in (first, third):
+        focus = steered.observations[FOCUS]
+        assert np.isfinite(focus).all() and (focus == focus[0]).all()  # held all episode
+    assert not np.allclose(first.observations[FOCUS][0], third.observations[FOCUS][0])
+    np.testing.assert_array_equal(own.observations[IMAGE][0], third.observations[IMAGE][0])
+    assert not np.allclose(own.actions, third.actions)
+    # the reference action is BC's under the same focus (here BC is the policy itself)
+    np.testing.assert_allclose(third.actions, third.bc_actions)
+    with pytest.raises(ValueError, match="one focus rank per seed"):
+        roll_out(PICK, WRIST_KWARGS, policy, policy, None, [5], [0.0],
+                 np.random.default_rng(0), ranks=[None, 1])
+
+
+def test_exploring_rft_tries_each_scene_several_times_and_fits_on_the_best():
+    policy = _geometry_policy()
+    rl = RLConfig(algo="rft", n_envs=3, batch_size=8, rft_updates=3, rft_keep=1.0,
+                  rft_explore=2, rft_noise=(0.0,))
+    learner = RankedFineTuning(policy, rl, PICK, WRIST_KWARGS | {"max_episode_steps": 20}, 20)
+    result = learner.improve(130, score=None)  # 6 episodes: 2 scenes x (own + 2 steered)
+    assert result["episodes"] == 6 and result["kept"] == 2 and result["steps"] == 120
+    assert learner.scenes_run == 2
+    assert 0 <= result["kept_steered"] <= 2
+    batch = learner.buffer.sample(8, np.random.default_rng(0))
+    assert batch[FOCUS].shape == (8, 3)
+    again = RankedFineTuning(policy, rl, PICK, WRIST_KWARGS | {"max_episode_steps": 20}, 20)
+    assert again.improve(130, score=None)["mean_true_return"] == result["mean_true_return"]
+
+
+def test_focused_policy_picks_its_focus_per_episode():
+    policy = _geometry_policy()
+    steer = FocusedPolicy(policy, 1)
+    obs = {IMAGE: np.zeros((2, 32, 32, 3), np.uint8), "wrist_image": np.zeros(
+        (2, 32, 32, 3), np.uint8), STATE: np.zeros((2, STATE_DIM), np.float32),
+        INSTRUCTION: ["pick up the red cube"] * 2}
+    actions = steer(obs, {})
+    assert actions.shape == (2, 7) and steer.focus is not None
+    np.testing.assert_allclose(steer.focus, policy.target_candidates(obs, 2)[:, 1])
+    with pytest.raises(ValueError, match="reset"):
+        steer({k: v[:1] for k, v in obs.items()}, {})
+    steer.reset()
+    assert steer({k: v[:1] for k, v in obs.items()}, {}).shape == (1, 7)
+
+
+def test_queries_for_exploring_rft_include_the_steered_tries(tmp_path):
+    from vla_gym.training.preferences import read_query_set
+    from vla_gym.training.rlhf import RLHFRun
+
+    bc = _geometry_policy().save_pretrained(tmp_path / "bc")
+    config = RLHFConfig(env_id=PICK, labels=4, iterations=1, rollout_seeds=1,
+                        segment_length=10, noise_levels=(0.0,),
+                        rl=RLConfig(algo="rft", rft_explore=2),
+                        env_kwargs={"image_size": 32, "max_episode_steps": 20})
+    directory = RLHFRun(config, bc, tmp_path / "run").collect_queries(0)
+    segments = read_query_set(directory, check_clips=False).segments
+    assert set(segments.variants) == {"iter0-noise0", "iter0-focus0", "iter0-focus1"}
+    steered, own = (segments.variants == v for v in ("iter0-focus1", "iter0-noise0"))
+    assert set(segments.seeds[steered]) == set(segments.seeds[own])  # the same scene
+    assert not np.array_equal(segments.states[steered], segments.states[own])  # other acts
+
+
+def test_the_map_anchor_is_zero_on_the_reference_itself_and_pulls_maps_toward_it():
+    from vla_gym.policies.preprocessing import ObservationError
+    from vla_gym.training.rft import reference_maps
+    from vla_gym.types import anchor_map_key
+
+    policy, other = _geometry_policy(), _geometry_policy()
+    with torch.no_grad():  # a different reference: the same policy with its map logit moved
+        other.trunk.fusion.target_logit.weight.normal_(0.0, 1.0)
+    rng = np.random.default_rng(0)
+    batch = {IMAGE: rng.integers(0, 255, (6, 32, 32, 3), dtype=np.uint8),
+             "wrist_image": rng.integers(0, 255, (6, 32, 32, 3), dtype=np.uint8),
+             STATE: rng.normal(size=(6, STATE_DIM)).astype(np.float32),
+             INSTRUCTION: ["pick up the red cube"] * 6, "action": np.zeros((6, 7), np.float32)}
+    own = reference_maps(policy, batch)
+    assert set(own) == {anchor_map_key(v) for v in VIEWS} == {
+        "anchor_target_map", "wrist_anchor_target_map"}
+    _, metrics = policy({**batch, **own})
+    assert metrics["image_map_anchor_kl"] == pytest.approx(0.0, abs=1e-5)
+    target = reference_maps(other, batch)
+    policy.train()
+    optimiser = torch.optim.Adam(policy.parameters(), lr=1e-2)
+    kls = []
+    for _ in range(30):
+        loss, metrics = policy({**batch, **target})
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        kls.append(metrics["image_map_anchor_kl"])
+    assert kls[0] > 0.05 and kls[-1] < 0.5 * kls[0]
+    with pytest.raises(ObservationError, match="anchor_target_map"):
+        policy({**batch, "anchor_target_map": target["anchor_target_map"][:, :5]})
+
+
+def test_rft_with_the_map_anchor_fits_and_stays_nearer_the_bc_maps():
+    bc = _geometry_policy()
+    episodes = roll_out(PICK, WRIST_KWARGS, bc, bc, None, [3, 4], [0.0, 0.0],
+                        np.random.default_rng(0), num_envs=2)
+    rng = np.random.default_rng(1)
+    for episode in episodes:  # labels far from where the BC maps look
+        episode.labels = {"target_pixel": rng.uniform(0.0, 1.0, (len(episode.actions), 2))
+                          .astype(np.float32)}
+    drift = {}
+    for anchored in (False, True):
+        rl = RLConfig(algo="rft", batch_size=16, rft_updates=40, rft_lr=3e-3,
+                      rft_map_anchor=anchored)
+        learner = RankedFineTuning(bc, rl, PICK, WRIST_KWARGS, 20)
+        learner.buffer.add(episodes)
+        learner._fit()
+        frames = episodes[0].observations
+        with torch.no_grad():
+            tuned = learner.policy.features(learner.policy.preprocess(frames)).target_map
+            start = bc.features(bc.preprocess(frames)).target_map
+        drift[anchored] = float(torch.nn.functional.kl_div(
+            tuned.log_softmax(-1), start.log_softmax(-1), log_target=True,
+            reduction="batchmean"))
+    assert drift[True] < drift[False]

@@ -32,6 +32,11 @@ from vla_gym.types import ARM_STATE_FIELDS
 
 UNIT_M = 0.1  # offsets reach the head in decimetres
 HEIGHT_UNIT_M = 0.01  # the height regressor's output unit (cm): table-top heights differ by cm
+# How tightly a focus point (exploration) pulls a target map: a Gaussian of this std on the
+# table (m), in each view's image scale at the point's depth: about half a cell of the main
+# camera's 12 x 12 map, so the map's own logits still centre it on the object there, and
+# wide in a close wrist view, where a focus a few cm off the object must not override it.
+FOCUS_SIGMA_M = 0.04
 EE_POS = tuple(ARM_STATE_FIELDS.index(f"ee_{a}") for a in "xyz")
 EE_QUAT = tuple(ARM_STATE_FIELDS.index(f"ee_q{a}") for a in "wxyz")
 
@@ -98,15 +103,19 @@ class TargetGeometry(nn.Module):
         return self.height(main_fused).squeeze(-1) * HEIGHT_UNIT_M
 
     def forward(self, maps: Sequence[Tensor | None], main_fused: Tensor, state: Tensor,
-                shifts: Mapping[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+                shifts: Mapping[str, Tensor] | None = None, focus: Tensor | None = None
+                ) -> tuple[Tensor, Tensor]:
         """``maps``: each view's target-map logits in config.views order; ``state``: the raw
         (unstandardised) state; ``shifts``: per view, (B, 2) how far augmentation moved the
-        image content, in image fractions. Returns (head features, predicted height)."""
+        image content, in image fractions; ``focus``: (B, 3) world points each map is pulled
+        toward before lifting (:func:`focus_bias`; NaN rows are left alone). Returns (head
+        features, predicted height)."""
         height = self.predict_height(main_fused)
         # Millimetres matter here: no bfloat16 autocast for the ray casting (it moves the
         # lifted point by ~1 mm).
         with torch.autocast(device_type=state.device.type, enabled=False):
-            return self._lift(maps, height.detach().float(), state.float(), shifts), height
+            return self._lift(maps, height.detach().float(), state.float(), shifts,
+                              None if focus is None else focus.float()), height
 
     @torch.no_grad()
     def project(self, points: Tensor, state: Tensor) -> dict[str, Tensor]:
@@ -116,18 +125,45 @@ class TargetGeometry(nn.Module):
         the camera). The inverse of the ray casting that lifts a map's pixel."""
         points, state = points.float(), state.float()
         ee, ee_rot = self._effector_pose(state)
-        out = {}
-        for i, view in enumerate(self.views):
-            origin, world_from_camera = self._camera_pose(i, ee, ee_rot)
-            local = (world_from_camera.transpose(-1, -2)
-                     @ (points - origin).unsqueeze(-1))[..., 0]
-            depth = -local[:, 2]  # the camera looks down its -z
-            safe = torch.where(depth > 1e-6, depth, torch.ones_like(depth))
-            pixel = torch.stack([0.5 + self.focal[i] * local[:, 0] / safe,
-                                 0.5 - self.focal[i] * local[:, 1] / safe], dim=-1)
-            out[view] = torch.where((depth > 1e-6).unsqueeze(-1), pixel,
-                                    torch.full_like(pixel, float("nan")))
-        return out
+        return {view: self._project_view(i, points, ee, ee_rot)
+                for i, view in enumerate(self.views)}
+
+    @torch.no_grad()
+    def lift(self, view: str, pixel: Tensor, z: Tensor, state: Tensor) -> Tensor:
+        """(B, 3) world points seen at ``pixel`` (B, 2) of calibrated ``view``, on the
+        horizontal plane at height ``z`` (B,) m."""
+        if view not in self.views:
+            raise ValueError(f"no calibration for {view!r}; this geometry has {self.views}")
+        i = self.views.index(view)
+        ee, ee_rot = self._effector_pose(state.float())
+        return self._ray_point(i, pixel.float(), z.float(), ee, ee_rot)
+
+    def _project_view(self, i: int, points: Tensor, ee: Tensor, ee_rot: Tensor,
+                      with_depth: bool = False) -> Any:
+        """(B, 2) pixels of ``points`` in view ``i`` (NaN behind it), and with ``with_depth``
+        also (B,) their depth along the camera's axis (m)."""
+        origin, world_from_camera = self._camera_pose(i, ee, ee_rot)
+        local = (world_from_camera.transpose(-1, -2) @ (points - origin).unsqueeze(-1))[..., 0]
+        depth = -local[:, 2]  # the camera looks down its -z
+        safe = torch.where(depth > 1e-6, depth, torch.ones_like(depth))
+        pixel = torch.stack([0.5 + self.focal[i] * local[:, 0] / safe,
+                             0.5 - self.focal[i] * local[:, 1] / safe], dim=-1)
+        pixel = torch.where((depth > 1e-6).unsqueeze(-1), pixel,
+                            torch.full_like(pixel, float("nan")))
+        return (pixel, safe) if with_depth else pixel
+
+    def _ray_point(self, i: int, pixel: Tensor, z: Tensor, ee: Tensor, ee_rot: Tensor
+                   ) -> Tensor:
+        """Where the ray through ``pixel`` of view ``i`` meets the plane at height ``z``."""
+        ray = torch.stack([(pixel[:, 0] - 0.5) / self.focal[i],
+                           -(pixel[:, 1] - 0.5) / self.focal[i],
+                           -torch.ones_like(pixel[:, 0])], dim=-1)  # camera looks down -z
+        origin, world_from_camera = self._camera_pose(i, ee, ee_rot)
+        direction = (world_from_camera @ ray.unsqueeze(-1)).squeeze(-1)
+        # A ray that does not point down never meets the plane: treat it as nearly level.
+        down = direction[:, 2].clamp(max=-1e-2)
+        xy = origin[:, :2] + ((z - origin[:, 2]) / down).unsqueeze(-1) * direction[:, :2]
+        return torch.cat([xy, z.unsqueeze(-1)], dim=-1)
 
     @staticmethod
     def _effector_pose(state: Tensor) -> tuple[Tensor, Tensor]:
@@ -142,7 +178,7 @@ class TargetGeometry(nn.Module):
         return self.pos[i].expand_as(ee), self.rot[i]
 
     def _lift(self, maps: Sequence[Tensor | None], z: Tensor, state: Tensor,
-              shifts: Mapping[str, Tensor] | None) -> Tensor:
+              shifts: Mapping[str, Tensor] | None, focus: Tensor | None) -> Tensor:
         ee, ee_rot = self._effector_pose(state)
         parts = []
         for i, (view, slot) in enumerate(zip(self.views, self.slots)):
@@ -151,19 +187,66 @@ class TargetGeometry(nn.Module):
                 raise ValueError(f"target geometry lifts {view!r} but its fusion has no target "
                                  "map; use fusion.kind='film'")
             logits = logits.detach().float()
-            pixel = map_pixel(logits)
-            if shifts is not None and view in shifts:
-                pixel = pixel - shifts[view].to(pixel)
-            ray = torch.stack([(pixel[:, 0] - 0.5) / self.focal[i],
-                               -(pixel[:, 1] - 0.5) / self.focal[i],
-                               -torch.ones_like(pixel[:, 0])], dim=-1)  # camera looks down -z
-            origin, world_from_camera = self._camera_pose(i, ee, ee_rot)
-            direction = (world_from_camera @ ray.unsqueeze(-1)).squeeze(-1)
-            # A ray that does not point down never meets the plane: treat it as nearly level.
-            down = direction[:, 2].clamp(max=-1e-2)
-            point = origin[:, :2] + ((z - origin[:, 2]) / down).unsqueeze(-1) * direction[:, :2]
-            offset = ((point - ee[:, :2]) / UNIT_M).clamp(-10.0, 10.0)
+            # the map's own confidence, steered or not: a focus moves where, not how sure
             peak = torch.softmax(logits, dim=-1).amax(dim=-1, keepdim=True)
+            shift = shifts.get(view) if shifts is not None else None
+            if focus is not None:
+                pixel, depth = self._project_view(i, focus, ee, ee_rot, with_depth=True)
+                if shift is not None:
+                    pixel = pixel + shift.to(pixel)
+                sigma = self.focal[i] * FOCUS_SIGMA_M / depth.clamp_min(1e-3)
+                logits = logits + focus_bias(logits, pixel, sigma)
+            pixel = map_pixel(logits)
+            if shift is not None:
+                pixel = pixel - shift.to(pixel)
+            point = self._ray_point(i, pixel, z, ee, ee_rot)
+            offset = ((point[:, :2] - ee[:, :2]) / UNIT_M).clamp(-10.0, 10.0)
             parts += [offset, peak]
         parts.append(((z - ee[:, 2]) / UNIT_M).unsqueeze(-1))
         return torch.cat(parts, dim=-1)
+
+
+def focus_bias(logits: Tensor, pixel: Tensor, sigma: Tensor | float) -> Tensor:
+    """(B, cells) log-weights of a Gaussian of std ``sigma`` (image fractions; a float or (B,)
+    per row) around each row's ``pixel`` (B, 2) on a square map's cell centres: added to a
+    map's logits, the map's mass moves to the object there while its own logits still centre
+    it on the object. Rows whose pixel is NaN or out of the image get zeros (nothing to pull
+    toward)."""
+    side = int(round(logits.shape[1] ** 0.5))
+    centres = (torch.arange(side, device=logits.device, dtype=logits.dtype) + 0.5) / side
+    rows, cols = torch.meshgrid(centres, centres, indexing="ij")
+    cells = torch.stack([cols.reshape(-1), rows.reshape(-1)], dim=-1)  # (cells, 2) (col, row)
+    inside = torch.isfinite(pixel).all(-1) & ((pixel >= 0) & (pixel <= 1)).all(-1)
+    safe = torch.where(inside.unsqueeze(-1), pixel, torch.zeros_like(pixel))
+    sigma = torch.as_tensor(sigma, dtype=logits.dtype, device=logits.device).reshape(-1, 1)
+    bias = -((cells.unsqueeze(0) - safe.unsqueeze(1)) ** 2).sum(-1) / (2 * sigma ** 2)
+    return torch.where(inside.unsqueeze(-1), bias, torch.zeros_like(bias))
+
+
+def map_peaks(logits: Tensor, count: int) -> tuple[Tensor, Tensor]:
+    """The ``count`` strongest blobs of a square target map, strongest first: (B, count, 2)
+    (column, row) image fractions of each blob's centre of mass over its 3 x 3 cells, and
+    (B, count) the map's probability mass there. Each pick suppresses the 5 x 5 cells around
+    it, so blobs are distinct objects' worth apart (a cell is ~8% of the image)."""
+    side = int(round(logits.shape[1] ** 0.5))
+    prob = torch.softmax(logits.float(), dim=-1).view(-1, 1, side, side)
+    centres = (torch.arange(side, device=logits.device, dtype=prob.dtype) + 0.5) / side
+    col = centres.view(1, 1, 1, side).expand_as(prob)
+    row = centres.view(1, 1, side, 1).expand_as(prob)
+    pooled = [torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=True) * 9
+              for x in (prob, prob * col, prob * row)]
+    mass, col_mass, row_mass = (x.view(x.shape[0], -1) for x in pooled)
+    open_cells = torch.ones_like(mass, dtype=torch.bool)
+    pixels, masses = [], []
+    grid_row = torch.arange(side * side, device=logits.device) // side
+    grid_col = torch.arange(side * side, device=logits.device) % side
+    for _ in range(count):
+        best = torch.where(open_cells, mass, torch.full_like(mass, -1.0)).argmax(-1)  # (B,)
+        m = mass.gather(1, best[:, None])[:, 0].clamp_min(1e-12)
+        pixels.append(torch.stack([col_mass.gather(1, best[:, None])[:, 0] / m,
+                                   row_mass.gather(1, best[:, None])[:, 0] / m], dim=-1))
+        masses.append(mass.gather(1, best[:, None])[:, 0])
+        near = (((grid_row[None] - grid_row[best][:, None]).abs() <= 2)
+                & ((grid_col[None] - grid_col[best][:, None]).abs() <= 2))
+        open_cells &= ~near
+    return torch.stack(pixels, dim=1), torch.stack(masses, dim=1)

@@ -181,12 +181,15 @@ class VLATrunk(nn.Module):
 
     def forward(self, images: Tensor, lang: LanguageFeatures, state: Tensor | None,
                 extra_views: Sequence[Tensor] = (), raw_state: Tensor | None = None,
-                shifts: Mapping[str, Tensor] | None = None) -> TrunkOutput:
+                shifts: Mapping[str, Tensor] | None = None, focus: Tensor | None = None
+                ) -> TrunkOutput:
         """``images``: the main camera; ``extra_views``: one batch per ``config.extra_views``.
         The target map and pooled vision embedding are the main camera's. ``raw_state``: the
         state before standardisation, for the geometry (default: ``state``, as the RL
         features extractor passes it); ``shifts``: per view, how far augmentation moved each
-        image's content (image fractions), which the geometry undoes."""
+        image's content (image fractions), which the geometry undoes; ``focus``: (B, 3)
+        world points the geometry pulls the maps toward (``types.FOCUS``; the returned maps
+        stay the fusion's own)."""
         if len(extra_views) != len(self.extra_vision):
             raise ValueError(f"this trunk reads {len(self.extra_vision)} extra view(s) "
                              f"{list(self.config.extra_views)}, got {len(extra_views)}")
@@ -206,7 +209,8 @@ class VLATrunk(nn.Module):
             if pose is None:
                 raise ValueError("target geometry needs the 'state' observation (the "
                                  "gripper's pose) but got none")
-            lifted, height = self.geometry((target_map, *extra_maps), fused, pose, shifts)
+            lifted, height = self.geometry((target_map, *extra_maps), fused, pose, shifts,
+                                           focus)
             parts = [*parts, lifted.to(fused.dtype)] if self.images_to_head else [
                 lifted.to(fused.dtype)]
         perception = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vla_gym.policies.configuration import VLAConfig
-from vla_gym.policies.geometry import HEIGHT_UNIT_M
+from vla_gym.policies.geometry import HEIGHT_UNIT_M, map_peaks
 from vla_gym.policies.heads import (
     HEADS,
     ActionHead,
@@ -35,7 +35,7 @@ from vla_gym.policies.heads import (
 )
 from vla_gym.policies.model import TrunkOutput, VLATrunk
 from vla_gym.policies.preprocessing import Inputs, ObservationError, add_batch_dim, preprocess
-from vla_gym.types import landmark_label, pixel_label
+from vla_gym.types import anchor_map_key, landmark_label, pixel_label
 
 
 @dataclass
@@ -143,7 +143,7 @@ class VLAPolicy(nn.Module):
         images, *extra = ((view - self.pixel_mean) / self.pixel_std
                           for view in (inputs.images, *inputs.extra_views))
         return self.trunk(images, lang, state, extra, raw_state=inputs.state,
-                          shifts=inputs.shifts)
+                          shifts=inputs.shifts, focus=inputs.focus)
 
     # ---- training -------------------------------------------------------------------------
     def forward(self, batch: dict[str, Any], anchor_weight: float = 0.0
@@ -209,6 +209,7 @@ class VLAPolicy(nn.Module):
         if self.grounding is not None:
             total = total + aux.grounding_weight * self._view_map_losses(batch, out, metrics)
             total = total + aux.grounding_weight * self._landmark_map_losses(batch, out, metrics)
+        total = total + aux.grounding_weight * self._map_anchor_losses(batch, out, metrics)
         if out.target_height is not None and batch.get("target_pos") is not None:
             total = total + aux.grounding_weight * self._height_loss(batch, out, metrics)
         if self.contrastive is not None and inputs.batch_size > 1:
@@ -225,6 +226,28 @@ class VLAPolicy(nn.Module):
         what the next action corrects, so that map is worth supervising too."""
         return self._map_losses(batch, zip(self.config.extra_views, out.extra_maps),
                                 pixel_label, "map", "", out, metrics)
+
+    def _map_anchor_losses(self, batch: dict[str, Any], out: TrunkOutput, metrics: Metrics
+                           ) -> Tensor:
+        """Each view's target map against a reference policy's map on the same frames
+        (``batch[anchor_map_key(view)]``, logits): the KL divergence from the reference's
+        distribution, zero where the maps agree. It keeps maps near the reference (the BC
+        policy, in RL fine-tuning) wherever no label pulls them elsewhere."""
+        total = out.features.new_zeros(())
+        for view, logits in zip(self.config.views, (out.target_map, *out.extra_maps)):
+            reference = batch.get(anchor_map_key(view))
+            if logits is None or reference is None:
+                continue
+            ref = torch.as_tensor(np.asarray(reference, dtype=np.float32), device=self.device)
+            if ref.shape != logits.shape:
+                raise ObservationError(f"'{anchor_map_key(view)}' must be {tuple(logits.shape)} "
+                                       f"map logits, got {tuple(ref.shape)}")
+            log_ref = F.log_softmax(ref, dim=-1)
+            kl = (log_ref.exp() * (log_ref - F.log_softmax(logits.float(), dim=-1))).sum(-1)
+            loss = kl.mean()
+            metrics[f"{view}_map_anchor_kl"] = loss.item()
+            total = total + loss
+        return total
 
     def _landmark_map_losses(self, batch: dict[str, Any], out: TrunkOutput,
                              metrics: Metrics) -> Tensor:
@@ -330,6 +353,35 @@ class VLAPolicy(nn.Module):
         action index in a single column.
         """
         return self.predict_with_uncertainty(obs_batch).action
+
+    @torch.no_grad()
+    def target_candidates(self, obs_batch: Any, count: int) -> np.ndarray:
+        """(B, count, 3) world points of the ``count`` strongest blobs of the main camera's
+        target map (:func:`~vla_gym.policies.geometry.map_peaks`), strongest first, each
+        lifted onto the table at the geometry's predicted height: the objects this policy
+        thinks the instruction might mean, for exploration (``types.FOCUS``)."""
+        geometry = self.trunk.geometry
+        main = self.config.views[0]
+        if geometry is None or main not in geometry.views:
+            raise ValueError("target_candidates needs a policy with target geometry on its "
+                             f"main view {main!r} (train bc --target-geometry)")
+        if count < 1:
+            raise ValueError(f"count must be >= 1, got {count}")
+        was_training = self.training
+        self.eval()
+        try:
+            inputs = self.preprocess(obs_batch)
+            out = self.features(inputs)
+        finally:
+            self.train(was_training)
+        assert out.target_map is not None and out.target_height is not None
+        assert inputs.state is not None
+        pixels, _ = map_peaks(out.target_map, count)
+        batch = pixels.shape[0]
+        points = geometry.lift(main, pixels.reshape(-1, 2),
+                               out.target_height.float().repeat_interleave(count),
+                               inputs.state.repeat_interleave(count, dim=0))
+        return points.view(batch, count, 3).cpu().numpy()
 
     def act(self, obs: Any) -> np.ndarray:
         """The action for one observation, as a single env returns it."""

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vla_gym.policies.configuration import VLAConfig
-from vla_gym.types import IMAGE, INSTRUCTION, STATE, shift_key
+from vla_gym.types import FOCUS, IMAGE, INSTRUCTION, STATE, shift_key
 
 
 class ObservationError(ValueError):
@@ -34,6 +34,8 @@ class Inputs:
     # Training batches only: per view, how far augmentation moved each image's content,
     # (B, 2) (column, row) fractions, under the key ``shift_key(view)``.
     shifts: dict[str, Tensor] | None = None
+    # (B, 3) world points the target maps are pulled toward (``types.FOCUS``), NaN rows none
+    focus: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -144,7 +146,24 @@ def preprocess(obs: Any, config: VLAConfig, device: torch.device) -> Inputs:
                                     device=device)
               for view in config.views
               if config.geometry.enabled and shift_key(view) in obs} or None
-    return Inputs(images_to_tensor(images, size, device), texts, state, extra, shifts)
+    focus = None
+    if FOCUS in obs:
+        if not config.geometry.enabled:
+            raise ObservationError(f"'{FOCUS}' steers calibrated target maps; this policy has "
+                                   "no target geometry (geometry.enabled=False)")
+        focus = torch.from_numpy(check_focus(obs[FOCUS], len(texts))).to(device)
+    return Inputs(images_to_tensor(images, size, device), texts, state, extra, shifts, focus)
+
+
+def check_focus(value: Any, batch: int) -> np.ndarray:
+    """(B, 3) float world points; a row of NaN means no focus for that observation."""
+    focus = np.asarray(value)
+    if not np.issubdtype(focus.dtype, np.number) or focus.shape != (batch, 3):
+        raise ObservationError(f"'{FOCUS}' must be float ({batch}, 3) world points (NaN rows "
+                               f"for none), got {focus.dtype} {tuple(focus.shape)}")
+    if np.isinf(focus).any():
+        raise ObservationError(f"'{FOCUS}' holds inf; use NaN rows for no focus")
+    return focus.astype(np.float32, copy=False)
 
 
 def add_batch_dim(obs: Any) -> dict[str, Any]:

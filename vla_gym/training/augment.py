@@ -7,7 +7,11 @@ leaving colours, and so the language grounding, untouched.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+
+from vla_gym.types import landmark_label, pixel_label, shift_key
 
 
 def random_shift(images: np.ndarray, pad: int, rng: np.random.Generator,
@@ -29,3 +33,19 @@ def random_shift(images: np.ndarray, pad: int, rng: np.random.Generator,
         moved = (pad - offsets[:, ::-1]) / np.array([width, height])
         pixels = (np.asarray(pixels) + moved).astype(np.float32)
     return out, pixels
+
+
+def shift_views(batch: dict[str, Any], views: tuple[str, ...] | list[str], pad: int,
+                rng: np.random.Generator) -> dict[str, Any]:
+    """A training batch with each camera view shifted independently (:func:`random_shift`):
+    the view's target and landmark pixel labels move with its images, and the move itself
+    goes along under ``shift_key(view)`` (a policy's target geometry undoes it). In place;
+    returns ``batch``."""
+    for view in views:
+        size = len(batch[view])
+        batch[view], moves = random_shift(batch[view], pad, rng, np.zeros((size, 2), np.float32))
+        batch[shift_key(view)] = moves
+        for label in (pixel_label(view), landmark_label(view)):
+            if batch.get(label) is not None:
+                batch[label] = (np.asarray(batch[label]) + moves).astype(np.float32)
+    return batch

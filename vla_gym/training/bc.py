@@ -26,13 +26,10 @@ from typing import Any
 import numpy as np
 
 from vla_gym.interrupts import StopRequest
-from vla_gym.training.augment import random_shift
+from vla_gym.training.augment import shift_views
 from vla_gym.training.checkpoints import latest_checkpoint, load_trainer_state, save_checkpoint
 from vla_gym.training.demos import LEARNER_SEEDS, Demos, learner_episodes
 from vla_gym.types import (
-    landmark_label,
-    pixel_label,
-    shift_key,
     state_indices_without_velocities,
 )
 
@@ -305,17 +302,8 @@ class BCTrainer:
                      ) -> dict[str, Any]:
         demos = demos or self.demos
         index = self.rng.integers(0, len(demos), size or self.config.batch_size)
-        batch = demos.batch(index)
-        # Each camera shifted independently; where the target is moves with its image, and
-        # the move itself goes along (the policy's geometry undoes it).
-        for view in self.policy.config.views:
-            batch[view], moves = random_shift(batch[view], self.config.shift, self.rng,
-                                              np.zeros((len(index), 2), np.float32))
-            batch[shift_key(view)] = moves
-            for label in (pixel_label(view), landmark_label(view)):
-                if batch.get(label) is not None:
-                    batch[label] = (np.asarray(batch[label]) + moves).astype(np.float32)
-        return batch
+        return shift_views(demos.batch(index), self.policy.config.views, self.config.shift,
+                           self.rng)
 
     def train_step(self) -> dict[str, float]:
         import torch

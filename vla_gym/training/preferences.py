@@ -221,6 +221,10 @@ def _run_jobs(env_id: str, variants: Sequence[Variant], jobs: list[tuple[int, in
     vec: Any = make_vec(env_id, num_envs=len(jobs), vector_kwargs={
         "autoreset_mode": AutoresetMode.DISABLED}, wrappers=wrappers, **kwargs)
     tracks = [_Track(seed, variant) for seed, variant in jobs]
+    for variant in variants:  # new episodes: a policy holding per-episode state starts afresh
+        reset = getattr(variant.policy, "reset", None)
+        if callable(reset):
+            reset()
     try:
         obs, info = vec.reset(seed=[seed for seed, _ in jobs])
         while not all(t.done for t in tracks):

@@ -16,10 +16,14 @@ action loss barely reaches, learns from the episodes the learned reward ranked b
 
 This is reward-weighted regression with a 0/1 weight at a quantile, as RAFT / ReST-style loops
 do with a learned reward: no critic, no SB3 model, and its env steps are rollouts only. It can
-only reinforce what the noisy policy already does now and then; on a Pick start whose failures
-mostly go to the wrong object it did not raise success (figures in the README). The env's
-reward and success are recorded per episode for the logs only; with a learned ``score`` they
-never choose an episode.
+only reinforce what the rollouts already do now and then, and action noise rarely carries a
+policy that goes for the wrong object to the right one. ``rft_explore`` explores over *which
+object* instead: each scene is also tried with the policy's maps steered at each of its
+strongest target candidates (:func:`focus_points`), and only the scene's best try by learned
+return enters the ranking. ``rft_map_anchor`` holds the maps near the BC policy's on the fit's
+frames, as ``bc_weight`` holds the actions. Figures in the README. The env's reward and success
+are recorded per episode for the logs only; with a learned ``score`` they never choose an
+episode.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ import torch
 
 from vla_gym.policies.geometry import EE_POS
 from vla_gym.policies.preprocessing import stack_observations
-from vla_gym.types import INSTRUCTION, STATE, pixel_label
+from vla_gym.training.augment import shift_views
+from vla_gym.types import FOCUS, INSTRUCTION, STATE, anchor_map_key, pixel_label
 
 # How far the effector must rise with the gripper shut for a grasp to count as a lift.
 LIFT_M = 0.03
@@ -56,6 +61,7 @@ class Episode:
     true_return: float = 0.0
     success: bool = False
     noise: float = 0.0
+    focus_rank: int | None = None  # which target candidate steered it (None: the policy's own)
     # per pixel-label key (``types.pixel_label``), (T, 2) hindsight labels (hindsight_pixels)
     labels: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -78,15 +84,19 @@ def _row(batch: dict[str, Any], i: int) -> dict[str, Any]:
 
 def roll_out(env_id: str, env_kwargs: dict[str, Any], policy: Any, bc_policy: Any,
              score: Score, seeds: list[int], noises: list[float], rng: np.random.Generator,
-             num_envs: int = 4) -> list[Episode]:
+             num_envs: int = 4, ranks: list[int | None] | None = None) -> list[Episode]:
     """One episode per seed, acting with ``policy`` plus that episode's noise (clipped to the
-    action space); ``score`` rates each step's resulting observation."""
+    action space); ``score`` rates each step's resulting observation. ``ranks``: per
+    episode, which of the policy's target candidates steers it (:func:`focus_points`; None:
+    its own choice); the observations then carry the focus (``types.FOCUS``)."""
     from gymnasium.vector import AutoresetMode
 
     from vla_gym.vector import make_vec
 
     if len(seeds) != len(noises):
         raise ValueError(f"one noise level per seed: {len(seeds)} seeds, {len(noises)} noises")
+    if ranks is not None and len(ranks) != len(seeds):
+        raise ValueError(f"one focus rank per seed: {len(seeds)} seeds, {len(ranks)} ranks")
     episodes: list[Episode] = []
     for start in range(0, len(seeds), num_envs):
         chunk = seeds[start:start + num_envs]
@@ -94,7 +104,8 @@ def roll_out(env_id: str, env_kwargs: dict[str, Any], policy: Any, bc_policy: An
             "autoreset_mode": AutoresetMode.DISABLED}, **env_kwargs)
         try:
             episodes += _roll_chunk(vec, policy, bc_policy, score, chunk,
-                                    noises[start:start + num_envs], rng)
+                                    noises[start:start + num_envs], rng,
+                                    None if ranks is None else ranks[start:start + num_envs])
         finally:
             vec.close()
     return episodes
@@ -111,19 +122,61 @@ def action_scale(policy: Any) -> np.ndarray:
     return np.minimum(normalizer.action_std.detach().cpu().numpy(), 1.0).astype(np.float32)
 
 
+def focus_points(policy: Any, obs: dict[str, Any], ranks: list[int | None]) -> np.ndarray:
+    """(B, 3) per observation, the world point of the policy's ``ranks[i]``-th strongest
+    target candidate (``VLAPolicy.target_candidates``), NaN where the rank is None.
+
+    This is exploration over *which object*: action noise rarely carries a policy that goes
+    for the wrong object to the right one, but steering its maps at its second or third
+    guess does, and the learned reward can then say which try did what was asked."""
+    focus = np.full((len(ranks), 3), np.nan, np.float32)
+    wanted = [r for r in ranks if r is not None]
+    if wanted:
+        candidates = policy.target_candidates(obs, max(wanted) + 1)
+        for i, rank in enumerate(ranks):
+            if rank is not None:
+                focus[i] = candidates[i, rank]
+    return focus
+
+
+class FocusedPolicy:
+    """A batch policy ``(obs, info) -> actions`` steered at ``policy``'s ``rank``-th target
+    candidate, chosen on the first observation after :meth:`reset` and held for the episode
+    (for rollouts that cut preference queries, beside the policy's own behaviour)."""
+
+    def __init__(self, policy: Any, rank: int) -> None:
+        self.policy, self.rank = policy, rank
+        self.focus: np.ndarray | None = None
+
+    def reset(self) -> None:
+        self.focus = None
+
+    def __call__(self, obs: dict[str, Any], info: dict[str, Any] | None = None) -> np.ndarray:
+        rows = len(obs[INSTRUCTION])
+        if self.focus is None:
+            self.focus = focus_points(self.policy, obs, [self.rank] * rows)
+        elif len(self.focus) != rows:
+            raise ValueError(f"FocusedPolicy holds {len(self.focus)} episodes' focus but got "
+                             f"{rows} observations; call reset() when new episodes start")
+        return self.policy.predict({**obs, FOCUS: self.focus})
+
+
 def _roll_chunk(vec: Any, policy: Any, bc_policy: Any, score: Score, seeds: list[int],
-                noises: list[float], rng: np.random.Generator) -> list[Episode]:
+                noises: list[float], rng: np.random.Generator,
+                ranks: list[int | None] | None) -> list[Episode]:
     space = vec.single_action_space
     obs, _ = vec.reset(seed=list(seeds))
+    focus = None if ranks is None else focus_points(policy, obs, ranks)
     running = [_Running() for _ in seeds]
     done = np.zeros(len(seeds), bool)
     sigma = np.asarray(noises, np.float32)[:, None] * action_scale(policy)
     while not done.all():
-        mean = policy.predict(obs)
-        reference = mean if bc_policy is policy else bc_policy.predict(obs)
+        inputs = obs if focus is None else {**obs, FOCUS: focus}
+        mean = policy.predict(inputs)
+        reference = mean if bc_policy is policy else bc_policy.predict(inputs)
         actions = mean + sigma * rng.standard_normal(mean.shape, dtype=np.float32)
         actions = np.clip(actions, space.low, space.high).astype(np.float32)
-        before = obs
+        before = inputs
         obs, true_reward, terminated, truncated, info = vec.step(actions)
         learned = true_reward if score is None else score(obs)
         success = np.asarray(info.get("is_success", np.zeros(len(seeds), bool)))
@@ -138,8 +191,9 @@ def _roll_chunk(vec: Any, policy: Any, bc_policy: Any, score: Score, seeds: list
             run.success = run.success or bool(success[i])
         done |= np.logical_or(terminated, truncated)
     return [Episode(stack_observations(r.observations), np.stack(r.actions), np.stack(r.bc_actions),
-                    r.learned, r.true, r.success, float(n))
-            for r, n in zip(running, noises, strict=True)]
+                    r.learned, r.true, r.success, float(n),
+                    None if ranks is None else ranks[i])
+            for i, (r, n) in enumerate(zip(running, noises, strict=True))]
 
 
 def hindsight_pixels(policy: Any, episode: Episode) -> dict[str, np.ndarray]:
@@ -194,6 +248,26 @@ def lifting_grasp(closed: np.ndarray, ee_z: np.ndarray, min_rise_m: float = LIFT
                 best, best_rise = (start, t), rise
             start = None
     return best
+
+
+def reference_maps(policy: Any, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+    """``policy``'s target-map logits on ``batch``'s frames, per view under
+    ``types.anchor_map_key(view)``: what the map anchor holds a fine-tuned policy's maps to."""
+    with torch.no_grad():
+        out = policy.features(policy.preprocess(batch))
+    maps = (out.target_map, *out.extra_maps)
+    return {anchor_map_key(view): logits.float().cpu().numpy()
+            for view, logits in zip(policy.config.views, maps) if logits is not None}
+
+
+def best_per_scene(episodes: list[Episode], seeds: list[int]) -> list[Episode]:
+    """Each seed's episode with the highest learned return (ties keep the earlier), in the
+    order seeds first appear: of several tries at one scene, the one the reward ranks best."""
+    best: dict[int, Episode] = {}
+    for seed, episode in zip(seeds, episodes, strict=True):
+        if seed not in best or episode.learned_return > best[seed].learned_return:
+            best[seed] = episode
+    return list(best.values())
 
 
 def top_episodes(episodes: list[Episode], keep: float) -> list[Episode]:
@@ -262,21 +336,29 @@ class RankedFineTuning:
         self.rng = np.random.default_rng(rl.seed)
         self.buffer = EliteBuffer()
         self.num_timesteps = 0
-        self.episodes_run = 0  # each episode gets its own seed, seed_base + its number
+        self.scenes_run = 0  # each scene gets its own seed, seed_base + its number
         self.seed_base = 2_000_000 + 100_000 * int(rl.seed)
 
     def improve(self, steps: int, score: Score) -> dict[str, Any]:
-        """Roll out ``steps // episode length`` episodes (at least one), keep the best, fit."""
-        count = max(1, steps // self.episode_steps)
-        seeds = [self.seed_base + self.episodes_run + i for i in range(count)]
-        self.episodes_run += count
+        """Roll out ``steps // episode length`` episodes (at least one scene's worth), keep
+        the best, fit. With ``rft_explore`` each scene gets the policy's own episode plus one
+        steered at each of its top ``rft_explore`` target candidates, and only the scene's
+        best try enters the ranking."""
+        tries = 1 + self.rl.rft_explore
+        scenes = max(1, steps // self.episode_steps // tries)
+        seeds = [self.seed_base + self.scenes_run + i for i in range(scenes) for _ in
+                 range(tries)]
+        self.scenes_run += scenes
+        ranks: list[int | None] | None = None
+        if self.rl.rft_explore:
+            ranks = [None, *range(self.rl.rft_explore)] * scenes
         levels = self.rl.rft_noise
-        noises = [levels[i % len(levels)] for i in range(count)]
+        noises = [levels[i % len(levels)] for i in range(len(seeds))]
         self.policy.eval()
         episodes = roll_out(self.env_id, self.env_kwargs, self.policy, self.bc, score, seeds,
-                            noises, self.rng, self.rl.n_envs)
+                            noises, self.rng, self.rl.n_envs, ranks)
         self.num_timesteps += sum(len(e.actions) for e in episodes)
-        kept = top_episodes(episodes, self.rl.rft_keep)
+        kept = top_episodes(best_per_scene(episodes, seeds), self.rl.rft_keep)
         if self.rl.rft_hindsight:
             for episode in kept:
                 episode.labels = hindsight_pixels(self.policy, episode)
@@ -290,19 +372,23 @@ class RankedFineTuning:
                 "mean_success": float(np.mean([e.success for e in episodes])),
                 "kept_success": float(np.mean([e.success for e in kept])),
                 "kept_with_labels": sum(bool(e.labels) for e in kept),
+                "kept_steered": sum(e.focus_rank is not None for e in kept),
                 "fit_loss_first": losses[0], "fit_loss_last": losses[-1]}
 
     def _fit(self) -> list[float]:
-        """``rft_updates`` gradient steps on the elite buffer: the policy's training loss on
-        the executed actions (with its map losses on the hindsight labels) + ``bc_weight`` x
-        the action loss toward the BC actions."""
+        """``rft_updates`` gradient steps on random-shifted batches of the elite buffer: the
+        policy's training loss on the executed actions (with its map losses on the hindsight
+        labels) + ``bc_weight`` x the action loss toward the BC actions."""
         policy, rl = self.policy, self.rl
         policy.train()
         losses = []
         try:
             for _ in range(rl.rft_updates):
-                loss, _ = policy(self.buffer.sample(rl.batch_size, self.rng),
-                                 anchor_weight=rl.bc_weight)
+                batch = shift_views(self.buffer.sample(rl.batch_size, self.rng),
+                                    policy.config.views, rl.rft_shift, self.rng)
+                if rl.rft_map_anchor:
+                    batch.update(reference_maps(self.bc, batch))
+                loss, _ = policy(batch, anchor_weight=rl.bc_weight)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)

@@ -310,6 +310,12 @@ class RLHFRun:
         cfg = self.config
         act = BatchPolicyAdapter(self.current)
         variants = [Variant(f"iter{iteration}-noise{n:g}", act, n) for n in cfg.noise_levels]
+        if cfg.rl.algo == "rft" and cfg.rl.rft_explore:
+            # the tries RFT will rank must be ones the reward model has seen labelled
+            from vla_gym.training.rft import FocusedPolicy
+
+            variants += [Variant(f"iter{iteration}-focus{r}", FocusedPolicy(self.current, r))
+                         for r in range(cfg.rl.rft_explore)]
         seeds = 1_000_000 + 10_000 * iteration + np.arange(cfg.rollout_seeds)
         segments, frames = collect_segments(cfg.env_id, variants, seeds,
                                             segment_length=cfg.segment_length,

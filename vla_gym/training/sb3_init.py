@@ -221,6 +221,18 @@ class RLConfig:
     # RFT: kept episodes label the policy's target maps with where the object they ended
     # holding was (``rft.hindsight_pixels``; needs target geometry, else nothing is added)
     rft_hindsight: bool = True
+    # RFT: per scene, this many more episodes on the same seed, each steered at one of the
+    # policy's strongest target-map candidates (``rft.focus_points``); the scene's best
+    # episode by learned return is its entry in the ranking (0: one episode per scene)
+    rft_explore: int = 0
+    # RFT: random-shift augmentation of the fit's batches (pixels), as BC trains with: the
+    # elite buffer holds far fewer scenes than the demos, and its exact images are learnt
+    # by heart without it
+    rft_shift: int = 4
+    # RFT: hold the policy's target maps near the BC policy's on the fit's frames (KL, at the
+    # policy's grounding weight), as the action anchor holds its actions: with hindsight
+    # labels from a few dozen scenes, the maps otherwise drift on every other scene
+    rft_map_anchor: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -233,6 +245,10 @@ class RLConfig:
             raise ValueError(f"RLConfig.rft_keep must be in (0, 1], got {self.rft_keep}")
         if not self.rft_noise or min(self.rft_noise) < 0:
             raise ValueError(f"RLConfig.rft_noise needs levels >= 0, got {self.rft_noise}")
+        if self.rft_shift < 0:
+            raise ValueError(f"RLConfig.rft_shift must be >= 0, got {self.rft_shift}")
+        if self.rft_explore < 0:
+            raise ValueError(f"RLConfig.rft_explore must be >= 0, got {self.rft_explore}")
         if self.init_std <= 0:
             raise ValueError(f"RLConfig.init_std must be > 0, got {self.init_std}")
 
