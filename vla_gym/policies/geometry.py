@@ -125,7 +125,7 @@ class TargetGeometry(nn.Module):
         the camera). The inverse of the ray casting that lifts a map's pixel."""
         points, state = points.float(), state.float()
         ee, ee_rot = self._effector_pose(state)
-        return {view: self._project_view(i, points, ee, ee_rot)
+        return {view: self._project_view(i, points, ee, ee_rot)[0]
                 for i, view in enumerate(self.views)}
 
     @torch.no_grad()
@@ -138,10 +138,10 @@ class TargetGeometry(nn.Module):
         ee, ee_rot = self._effector_pose(state.float())
         return self._ray_point(i, pixel.float(), z.float(), ee, ee_rot)
 
-    def _project_view(self, i: int, points: Tensor, ee: Tensor, ee_rot: Tensor,
-                      with_depth: bool = False) -> Any:
-        """(B, 2) pixels of ``points`` in view ``i`` (NaN behind it), and with ``with_depth``
-        also (B,) their depth along the camera's axis (m)."""
+    def _project_view(self, i: int, points: Tensor, ee: Tensor, ee_rot: Tensor
+                      ) -> tuple[Tensor, Tensor]:
+        """(B, 2) pixels of ``points`` in view ``i`` (NaN behind it) and (B,) their depth
+        along the camera's axis (m; 1 behind it)."""
         origin, world_from_camera = self._camera_pose(i, ee, ee_rot)
         local = (world_from_camera.transpose(-1, -2) @ (points - origin).unsqueeze(-1))[..., 0]
         depth = -local[:, 2]  # the camera looks down its -z
@@ -150,7 +150,7 @@ class TargetGeometry(nn.Module):
                              0.5 - self.focal[i] * local[:, 1] / safe], dim=-1)
         pixel = torch.where((depth > 1e-6).unsqueeze(-1), pixel,
                             torch.full_like(pixel, float("nan")))
-        return (pixel, safe) if with_depth else pixel
+        return pixel, safe
 
     def _ray_point(self, i: int, pixel: Tensor, z: Tensor, ee: Tensor, ee_rot: Tensor
                    ) -> Tensor:
@@ -191,7 +191,7 @@ class TargetGeometry(nn.Module):
             peak = torch.softmax(logits, dim=-1).amax(dim=-1, keepdim=True)
             shift = shifts.get(view) if shifts is not None else None
             if focus is not None:
-                pixel, depth = self._project_view(i, focus, ee, ee_rot, with_depth=True)
+                pixel, depth = self._project_view(i, focus, ee, ee_rot)
                 if shift is not None:
                     pixel = pixel + shift.to(pixel)
                 sigma = self.focal[i] * FOCUS_SIGMA_M / depth.clamp_min(1e-3)
