@@ -228,6 +228,10 @@ def train_rlhf_command(
     oracle_noise: float = typer.Option(0.0, "--oracle-noise", help="Oracle error rate."),
     algo: str = typer.Option("ppo", "--algo",
                              help="ppo | sac | rft (reward-ranked fine-tuning)"),
+    rft_explore: int = typer.Option(
+        0, "--rft-explore", min=0,
+        help="rft: per scene, also try the policy steered at each of its N strongest target "
+             "candidates (needs --target-geometry BC)."),
     steps: int = typer.Option(40_000, "--steps", min=0, help="RL env steps in all."),
     iterations: int = typer.Option(4, "--iterations", min=1),
     selection: str = typer.Option("disagreement", "--selection", help="disagreement | random"),
@@ -257,7 +261,8 @@ def train_rlhf_command(
                             selection=selection, true_reward=true_reward, clips=clips,
                             eval_episodes=eval_episodes, seed=seed,
                             oracle=OracleConfig(flip=oracle_noise, seed=seed),
-                            rl=dataclasses.replace(RLConfig(), algo=algo, seed=seed))
+                            rl=dataclasses.replace(RLConfig(), algo=algo, seed=seed,
+                                                   rft_explore=rft_explore))
         metrics = run_rlhf(config, bc, out, [(q, db) for q in queries or []] if db else None,
                            log=console.print)
     except (QueryFileError, ValueError, FileNotFoundError) as exc:

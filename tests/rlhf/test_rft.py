@@ -211,15 +211,16 @@ def test_train_rlhf_cli_takes_rft(tmp_path, monkeypatch):
     seen = {}
 
     def fake(config, bc, out, extra=None, log=None):
-        seen["algo"] = config.rl.algo
+        seen["algo"], seen["explore"] = config.rl.algo, config.rl.rft_explore
         figures = {"success_rate": 0.5}
         return {"bc_eval": figures, "final": {"eval": figures, "labels": config.labels}}
 
     monkeypatch.setattr(rlhf, "run_rlhf", fake)
     result = CliRunner().invoke(app, ["train", "rlhf", "--bc", str(tmp_path), "--env", PICK,
-                                      "--out", str(tmp_path / "run"), "--algo", "rft"])
+                                      "--out", str(tmp_path / "run"), "--algo", "rft",
+                                      "--rft-explore", "2"])
     assert result.exit_code == 0, result.output
-    assert seen["algo"] == "rft"
+    assert seen == {"algo": "rft", "explore": 2}
 
 
 def test_an_anchor_weight_needs_anchor_actions_and_adds_their_loss():
