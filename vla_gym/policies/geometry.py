@@ -33,9 +33,10 @@ from vla_gym.types import ARM_STATE_FIELDS
 UNIT_M = 0.1  # offsets reach the head in decimetres
 HEIGHT_UNIT_M = 0.01  # the height regressor's output unit (cm): table-top heights differ by cm
 # How tightly a focus point (exploration) pulls a target map: a Gaussian of this std on the
-# table (m), in each view's image scale at the point's depth: about half a cell of the main
-# camera's 12 x 12 map, so the map's own logits still centre it on the object there, and
-# wide in a close wrist view, where a focus a few cm off the object must not override it.
+# table (m), in each view's image scale at the point's depth. For the main camera (~0.7 m
+# away) that is about two thirds of a cell of its 12 x 12 map, so the map's own logits still
+# centre it on the object there; in a close wrist view it is wide, so a focus a few cm off
+# the object does not override that map.
 FOCUS_SIGMA_M = 0.04
 EE_POS = tuple(ARM_STATE_FIELDS.index(f"ee_{a}") for a in "xyz")
 EE_QUAT = tuple(ARM_STATE_FIELDS.index(f"ee_q{a}") for a in "wxyz")
@@ -206,16 +207,23 @@ class TargetGeometry(nn.Module):
         return torch.cat(parts, dim=-1)
 
 
+def cell_centres(logits: Tensor) -> Tensor:
+    """(cells, 2) (column, row) image fractions of each cell centre of a square map's logits
+    (B, cells), in the logits' row-major order: cell ``i`` of a side spans ``i / side`` to
+    ``(i + 1) / side`` of the image, as :func:`map_pixel` reads it."""
+    side = int(round(logits.shape[1] ** 0.5))
+    centres = (torch.arange(side, device=logits.device, dtype=logits.dtype) + 0.5) / side
+    rows, cols = torch.meshgrid(centres, centres, indexing="ij")
+    return torch.stack([cols.reshape(-1), rows.reshape(-1)], dim=-1)
+
+
 def focus_bias(logits: Tensor, pixel: Tensor, sigma: Tensor | float) -> Tensor:
     """(B, cells) log-weights of a Gaussian of std ``sigma`` (image fractions; a float or (B,)
     per row) around each row's ``pixel`` (B, 2) on a square map's cell centres: added to a
     map's logits, the map's mass moves to the object there while its own logits still centre
     it on the object. Rows whose pixel is NaN or out of the image get zeros (nothing to pull
     toward)."""
-    side = int(round(logits.shape[1] ** 0.5))
-    centres = (torch.arange(side, device=logits.device, dtype=logits.dtype) + 0.5) / side
-    rows, cols = torch.meshgrid(centres, centres, indexing="ij")
-    cells = torch.stack([cols.reshape(-1), rows.reshape(-1)], dim=-1)  # (cells, 2) (col, row)
+    cells = cell_centres(logits)  # (cells, 2) (col, row)
     inside = torch.isfinite(pixel).all(-1) & ((pixel >= 0) & (pixel <= 1)).all(-1)
     safe = torch.where(inside.unsqueeze(-1), pixel, torch.zeros_like(pixel))
     sigma = torch.as_tensor(sigma, dtype=logits.dtype, device=logits.device).reshape(-1, 1)
@@ -230,9 +238,8 @@ def map_peaks(logits: Tensor, count: int) -> tuple[Tensor, Tensor]:
     it, so blobs are distinct objects' worth apart (a cell is ~8% of the image)."""
     side = int(round(logits.shape[1] ** 0.5))
     prob = torch.softmax(logits.float(), dim=-1).view(-1, 1, side, side)
-    centres = (torch.arange(side, device=logits.device, dtype=prob.dtype) + 0.5) / side
-    col = centres.view(1, 1, 1, side).expand_as(prob)
-    row = centres.view(1, 1, side, 1).expand_as(prob)
+    cells = cell_centres(prob.view(prob.shape[0], -1))
+    col, row = (cells[:, k].view(1, 1, side, side).expand_as(prob) for k in (0, 1))
     pooled = [torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=True) * 9
               for x in (prob, prob * col, prob * row)]
     mass, col_mass, row_mass = (x.view(x.shape[0], -1) for x in pooled)
