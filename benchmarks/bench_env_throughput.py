@@ -76,9 +76,9 @@ def _env_stepper(env_id: str):
 def _raw_stepper(env_id: str):
     """(step function, env): the env's compiled model stepped and rendered with no env around
     it, through MuJoCo's own ``mujoco.Renderer`` API (``update_scene`` + ``render``) on the
-    env's renderer: one GL context, the same buffer size and settings. The env draws the same
-    bytes through the C calls behind that API (``vla_gym.envs.rendering``), which is part of
-    what is measured."""
+    env's reference renderer (``CameraRenderer.mujoco_renderer``: the same buffer size and
+    settings, in a GL context of its own). The env draws the same bytes through the C calls
+    behind that API (``vla_gym.envs.rendering``), which is part of what is measured."""
     import gymnasium as gym
     import mujoco
 

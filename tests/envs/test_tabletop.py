@@ -282,15 +282,16 @@ def test_fast_frames_skip_haze_and_use_an_image_sized_buffer():
     env.reset(seed=0)
     assert env.render().shape == (80, 80, 3)
     base = env.unwrapped
-    obs_renderer = base.renderers.obs_renderer()._renderer
+    obs_renderer = base.renderers.obs_renderer()
     assert not obs_renderer.scene.flags[mujoco.mjtRndFlag.mjRND_HAZE]
     # Each renderer's buffer is its own size; the model keeps its own settings for others.
-    assert obs_renderer._mjr_context.offWidth == 48
+    assert obs_renderer._fast._context.offWidth == 48
+    assert obs_renderer.mujoco_renderer._mjr_context.offWidth == 48
     assert base.model.vis.global_.offwidth == 640
     env.close()
     high = gym.make("vla_gym/TabletopPick-v0", image_size=32, render_quality="high")
     high.reset(seed=0)
-    assert high.unwrapped.renderers.obs_renderer()._renderer.scene.flags[
+    assert high.unwrapped.renderers.obs_renderer().scene.flags[
         mujoco.mjtRndFlag.mjRND_HAZE]
     high.close()
 

@@ -10,9 +10,11 @@ bodies out of the scene (``set_geoms_drawn``).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
+import threading
 from collections.abc import Sequence
 
 import mujoco
@@ -64,16 +66,10 @@ def _new_renderer(model: mujoco.MjModel, width: int, height: int) -> mujoco.Rend
     """A ``mujoco.Renderer`` whose offscreen buffer is exactly the image size.
 
     The buffer is sized from ``model.vis.global_`` (640x480 unless the model says otherwise);
-    a 96 px frame rendered 5-10% faster from an image-sized one, with the same bytes. The
-    model's own values are put back for other renderers.
+    a 96 px frame rendered 5-10% faster from an image-sized one, with the same bytes.
     """
-    vis = model.vis.global_
-    saved = int(vis.offwidth), int(vis.offheight)
-    vis.offwidth, vis.offheight = width, height
-    try:
+    with _offscreen_size(model, width, height):
         return mujoco.Renderer(model, height=height, width=width)
-    finally:
-        vis.offwidth, vis.offheight = saved
 
 
 class CameraRenderer:
@@ -83,62 +79,134 @@ class CameraRenderer:
     MuJoCo's C calls directly (``_FramePath``): at policy image sizes the Python around
     ``mujoco.Renderer`` (a camera object and name lookup per frame, EGL's make-current through
     PyOpenGL, a flip in place and a copy) costs ~25-30 us of a ~450 us 96 px frame here.
+
+    With EGL, every renderer a thread creates draws in that thread's one GL context
+    (``_ThreadGL``) rather than a context of its own: switching contexts between the envs a
+    process steps in turn cost ~60-80 us a 96 px frame on a CPU renderer (4 Pick envs
+    stepped in turn: ~525 against ~470 us a frame). ``VLA_GYM_SHARED_GL=0`` gives each
+    renderer its own context again. Either way a renderer draws only on the thread that
+    created it, as a GL context is current on one thread at a time.
     """
 
     def __init__(
         self, model: mujoco.MjModel, width: int, height: int, quality: str = "fast"
     ) -> None:
         apply_quality(model, quality)
-        self._renderer = _new_renderer(model, width, height)
-        effects = _QUALITY[quality][2]
-        flags = self._renderer.scene.flags
-        flags[mujoco.mjtRndFlag.mjRND_SHADOW] = effects
-        flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = effects
-        # Haze shades the horizon, which our cameras do not see: off, it changed no pixel of
-        # the tabletop main and wrist or the navigation main camera, and saved 3-7% a frame.
-        flags[mujoco.mjtRndFlag.mjRND_HAZE] = effects
+        self._model = model
         self.width, self.height, self.quality = width, height, quality
-        self._fast = _FramePath.of(self._renderer, model)
+        self._renderer: mujoco.Renderer | None = None
+        self._fast = _FramePath.shared(model, width, height) if _shares_gl() else None
+        if self._fast is None:
+            self._fast = _FramePath.of(self.mujoco_renderer, model)
+        else:
+            _set_effects(self._fast.scene, quality)
+
+    @property
+    def scene(self) -> mujoco.MjvScene:
+        """The scene frames are drawn from (its flags hold the quality's effects)."""
+        return self._fast.scene if self._fast is not None else self.mujoco_renderer.scene
 
     @property
     def mujoco_renderer(self) -> mujoco.Renderer:
-        """The ``mujoco.Renderer`` behind this one (its GL context, scene and settings)."""
+        """A ``mujoco.Renderer`` of this model at this size and quality: the one frames come
+        from where no shared context is used, else one made on first use (its own GL
+        context), e.g. for checking frames against MuJoCo's own API."""
+        if self._renderer is None:
+            self._renderer = _new_renderer(self._model, self.width, self.height)
+            _set_effects(self._renderer.scene, self.quality)
         return self._renderer
 
     def render(self, data: mujoco.MjData, camera: str | int) -> np.ndarray:
         """One RGB frame, uint8 (H, W, 3), freshly allocated."""
         if self._fast is not None:
             return self._fast.render(data, camera)
-        self._renderer.update_scene(data, camera=camera)
-        return self._renderer.render()
+        renderer = self.mujoco_renderer
+        renderer.update_scene(data, camera=camera)
+        return renderer.render()
 
     def render_many(self, data: mujoco.MjData, cameras: Sequence[str]) -> list[np.ndarray]:
         return [self.render(data, cam) for cam in cameras]
 
     def close(self) -> None:
-        self._fast = None
+        fast, self._fast = getattr(self, "_fast", None), None
+        if fast is not None:
+            fast.close()
         renderer, self._renderer = getattr(self, "_renderer", None), None
         if renderer is not None:
             renderer.close()
 
 
-class _FramePath:
-    """``mujoco.Renderer``'s RGB frame in four C calls: make current (skipped when already
-    current), ``mjv_updateScene``, ``mjr_render``, ``mjr_readPixels`` into a kept buffer.
+def _set_effects(scene: mujoco.MjvScene, quality: str) -> None:
+    effects = _QUALITY[quality][2]
+    flags = scene.flags
+    flags[mujoco.mjtRndFlag.mjRND_SHADOW] = effects
+    flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = effects
+    # Haze shades the horizon, which our cameras do not see: off, it changed no pixel of
+    # the tabletop main and wrist or the navigation main camera, and saved 3-7% a frame.
+    flags[mujoco.mjtRndFlag.mjRND_HAZE] = effects
 
-    Built from the renderer's own scene, options and contexts; ``of`` returns None (and the
-    caller keeps ``mujoco.Renderer``'s path) where those are not there to borrow, e.g. another
-    MuJoCo release or a GL backend other than EGL, OSMesa or GLFW.
+
+def _shares_gl() -> bool:
+    return (os.environ.get("MUJOCO_GL") == "egl"
+            and os.environ.get("VLA_GYM_SHARED_GL", "1") != "0")
+
+
+class _ThreadGL:
+    """The GL context every renderer created on one thread of one process draws in, freed
+    when the last of them closes (``acquire`` / ``release``)."""
+
+    _local = threading.local()
+
+    def __init__(self) -> None:
+        self.pid, self.thread = os.getpid(), threading.get_ident()
+        self.context = mujoco.GLContext(1, 1)  # surfaceless: frames go to each one's FBO
+        self.make_current = _current_maker(self.context)
+        self.users = 0
+
+    @classmethod
+    def acquire(cls) -> _ThreadGL:
+        gl = getattr(cls._local, "gl", None)
+        if gl is None or gl.pid != os.getpid():  # a forked child: the parent's is unusable
+            gl = cls._local.gl = cls()
+        gl.users += 1
+        gl.make_current()
+        return gl
+
+    def is_home(self) -> bool:
+        """Whether this is the thread (and process) the context belongs to."""
+        return self.pid == os.getpid() and self.thread == threading.get_ident()
+
+    def release(self) -> None:
+        """One renderer fewer; the last one frees the context (on its own thread only)."""
+        self.users -= 1
+        if self.users == 0 and self.is_home():
+            self.context.free()
+            if getattr(self._local, "gl", None) is self:
+                self._local.gl = None
+
+
+class _FramePath:
+    """``mujoco.Renderer``'s RGB frame in a few C calls: make current (skipped when already
+    current), bind this renderer's offscreen buffer (where several share a context),
+    ``mjv_updateScene``, ``mjr_render``, ``mjr_readPixels`` into a kept buffer.
+
+    ``of`` borrows a ``mujoco.Renderer``'s scene, options and contexts (None, and the caller
+    keeps that renderer's own path, where they are not there to borrow, e.g. another MuJoCo
+    release or a GL backend other than EGL, OSMesa or GLFW); ``shared`` builds its own in the
+    calling thread's shared GL context (``_ThreadGL``).
     """
 
-    def __init__(self, model: mujoco.MjModel, renderer: mujoco.Renderer, make_current) -> None:
+    def __init__(self, model: mujoco.MjModel, scene: mujoco.MjvScene,
+                 option: mujoco.MjvOption, rect: mujoco.MjrRect, context: mujoco.MjrContext,
+                 make_current, shared: _ThreadGL | None = None) -> None:
         self._model = model
-        self._scene = renderer.scene
-        self._option = renderer._scene_option  # noqa: SLF001 - see ``of``
-        self._rect = renderer._rect  # noqa: SLF001
-        self._context = renderer._mjr_context  # noqa: SLF001
+        self.scene = scene
+        self._option = option
+        self._rect = rect
+        self._context = context
         self._make_current = make_current
-        self._buffer = np.empty((renderer.height, renderer.width, 3), np.uint8)
+        self._shared = shared
+        self._buffer = np.empty((rect.height, rect.width, 3), np.uint8)
         self._cameras: dict[str | int, mujoco.MjvCamera] = {}
         self._all = int(mujoco.mjtCatBit.mjCAT_ALL)
 
@@ -150,7 +218,21 @@ class _FramePath:
         gl = renderer._gl_context  # noqa: SLF001
         if gl is None:  # a backend that draws without flipping rows (e.g. Filament)
             return None
-        return cls(model, renderer, _current_maker(gl))
+        return cls(model, renderer.scene, renderer._scene_option,  # noqa: SLF001
+                   renderer._rect, renderer._mjr_context, _current_maker(gl))  # noqa: SLF001
+
+    @classmethod
+    def shared(cls, model: mujoco.MjModel, width: int, height: int) -> _FramePath:
+        gl = _ThreadGL.acquire()
+        try:
+            with _offscreen_size(model, width, height):
+                context = mujoco.MjrContext(model, mujoco.mjtFontScale.mjFONTSCALE_150)
+        except BaseException:
+            gl.release()
+            raise
+        # MjvScene's default capacity, as mujoco.Renderer's
+        return cls(model, mujoco.MjvScene(model, maxgeom=10_000), mujoco.MjvOption(),
+                   mujoco.MjrRect(0, 0, width, height), context, gl.make_current, gl)
 
     def _camera(self, camera: str | int) -> mujoco.MjvCamera:
         cam = self._cameras.get(camera)
@@ -167,11 +249,38 @@ class _FramePath:
 
     def render(self, data: mujoco.MjData, camera: str | int) -> np.ndarray:
         self._make_current()
+        if self._shared is not None:  # the last renderer to draw may have bound its own
+            mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, self._context)
         mujoco.mjv_updateScene(self._model, data, self._option, None, self._camera(camera),
-                               self._all, self._scene)
-        mujoco.mjr_render(self._rect, self._scene, self._context)
+                               self._all, self.scene)
+        mujoco.mjr_render(self._rect, self.scene, self._context)
         mujoco.mjr_readPixels(self._buffer, None, self._rect, self._context)
         return self._buffer[::-1].copy()  # GL's rows run bottom-up
+
+    def close(self) -> None:
+        """Free what ``shared`` made (a borrowed renderer frees its own). GL objects can be
+        freed only in their context, current on its own thread; from elsewhere (a garbage
+        collection on another thread) they are left to the process's end."""
+        shared, self._shared = self._shared, None
+        if shared is None:
+            return
+        if shared.is_home():
+            shared.make_current()
+            self._context.free()
+        shared.release()
+
+
+@contextlib.contextmanager
+def _offscreen_size(model: mujoco.MjModel, width: int, height: int):
+    """The model's offscreen buffer size set to ``width`` x ``height`` for a context made
+    meanwhile, and put back after (other renderers of the model read it too)."""
+    vis = model.vis.global_
+    saved = int(vis.offwidth), int(vis.offheight)
+    vis.offwidth, vis.offheight = width, height
+    try:
+        yield
+    finally:
+        vis.offwidth, vis.offheight = saved
 
 
 def _current_maker(gl_context):
