@@ -87,6 +87,8 @@ def run_one(env_id: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
         changes.setdefault("fusion", {})["target_xy_to_head"] = True
     if args.landmark_map:
         changes.setdefault("fusion", {})["landmark_map"] = True
+    if args.relation_layers:
+        changes.setdefault("fusion", {})["relation_layers"] = args.relation_layers
     if args.geometry_only_head:
         changes["geometry"] = {"image_features_to_head": False}
     if args.head_dropout:
@@ -172,6 +174,8 @@ def main() -> None:
     parser.add_argument("--landmark-map", action="store_true",
                         help="FiLM: a landmark map for spatial relations, read by the target "
                              "map (fusion.landmark_map)")
+    parser.add_argument("--relation-layers", type=int, default=0,
+                        help="self-attention blocks over FiLM's tokens before the target map")
     parser.add_argument("--dagger-episodes", type=int, default=0,
                         help="episodes driven by the policy in training, labelled by the expert "
                         "(DAgger; their rollouts do not count against --time-budget)")

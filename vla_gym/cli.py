@@ -86,13 +86,16 @@ train_app = typer.Typer(no_args_is_help=True, help="Train policies: bc, reward, 
 app.add_typer(train_app, name="train")
 
 
-def _bc_policy_changes(binary_gripper: bool, landmark_map: bool) -> dict[str, Any]:
+def _bc_policy_changes(binary_gripper: bool, landmark_map: bool,
+                       relation_layers: int = 0) -> dict[str, Any]:
     """The preset changes ``train bc``'s policy options ask for."""
     changes: dict[str, Any] = {}
     if binary_gripper:
         changes["head"] = {"binary_gripper": True}
     if landmark_map:
-        changes["fusion"] = {"landmark_map": True}
+        changes.setdefault("fusion", {})["landmark_map"] = True
+    if relation_layers:
+        changes.setdefault("fusion", {})["relation_layers"] = relation_layers
     return changes
 
 
@@ -148,6 +151,10 @@ def train_bc_command(
         False, "--landmark-map",
         help="FiLM: a landmark map finds the object a spatial relation names the target by, "
              "and the target map reads each cell's offset from it (needs --grounding > 0)."),
+    relation_layers: int = typer.Option(
+        0, "--relation-layers", min=0,
+        help="FiLM: self-attention layers over the main camera's modulated image tokens "
+             "before the target map, for instructions naming an object by a spatial relation."),
     resume: bool = typer.Option(False, "--resume", help="Continue RUN's latest checkpoint."),
 ):
     """Behaviour cloning on recorded demos; evaluates in the env as it goes."""
@@ -161,7 +168,8 @@ def train_bc_command(
                       dagger_episodes=dagger_episodes, dagger_rounds=dagger_rounds,
                       precision=precision, target_geometry=target_geometry,
                       refit_head_steps=refit_head_steps,
-                      policy_changes=_bc_policy_changes(binary_gripper, landmark_map))
+                      policy_changes=_bc_policy_changes(binary_gripper, landmark_map,
+                                                        relation_layers))
     if landmark_map and grounding <= 0:
         raise typer.BadParameter("--landmark-map trains its map with the grounding loss; set "
                                  "--grounding to a weight > 0 (e.g. 1.0)",

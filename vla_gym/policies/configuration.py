@@ -119,12 +119,23 @@ class FusionConfig:
     # target map reads every cell's position relative to it, scaled by the instruction. Its
     # own grounding label is ``landmark_pixel``.
     landmark_map: bool = False
+    # FiLM only: self-attention layers over the main camera's modulated image tokens, each
+    # token carrying its cell's position, before the target map is read out: a cell can then
+    # weigh what stands where in the rest of the image ("the cube left of the bowl"), which
+    # per-cell FiLM cannot. 0: none.
+    relation_layers: int = 0
 
     def __post_init__(self) -> None:
         _choice("fusion", "kind", self.kind, FUSION_KINDS)
         if self.landmark_map and self.kind != "film":
             raise ValueError(f"fusion.landmark_map needs fusion.kind='film' (a target map to "
                              f"condition), got {self.kind!r}")
+        if not isinstance(self.relation_layers, int) or self.relation_layers < 0:
+            raise ValueError(f"fusion.relation_layers must be an integer >= 0, got "
+                             f"{self.relation_layers!r}")
+        if self.relation_layers and self.kind != "film":
+            raise ValueError(f"fusion.relation_layers needs fusion.kind='film' (a target map "
+                             f"to read out), got {self.kind!r}")
         _positive("fusion", dim=self.dim, heads=self.heads, layers=self.layers)
         if self.dim % self.heads:
             raise ValueError(f"fusion.dim ({self.dim}) must be divisible by fusion.heads "

@@ -6,6 +6,7 @@ extractor, so RL fine-tuning trains the very modules a checkpoint holds.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -121,9 +122,12 @@ class VLATrunk(nn.Module):
         patch = getattr(getattr(self.vision, "model", None), "config", config.vision)
         n_tokens = num_vision_tokens(config.vision, patch.patch_size)
 
-        def fusion() -> nn.Module:
-            return build_fusion(config.fusion, self.vision.out_dim, self.language.out_dim,
-                                n_tokens)
+        def fusion(main: bool = True) -> nn.Module:
+            # Relations between objects are read in the main camera's wide view; the wrist
+            # view's fusion goes without the (costly) relation layers.
+            cfg = config.fusion if main else dataclasses.replace(config.fusion,
+                                                                 relation_layers=0)
+            return build_fusion(cfg, self.vision.out_dim, self.language.out_dim, n_tokens)
 
         self.fusion = fusion()
         # Without image features in the head (geometry.image_features_to_head=False) the final
@@ -152,7 +156,7 @@ class VLATrunk(nn.Module):
         self.extra_fusion = nn.ModuleList()
         for _ in config.extra_views:
             self.extra_vision.append(build_vision(config.vision))
-            self.extra_fusion.append(fusion())
+            self.extra_fusion.append(fusion(main=False))
         for encoder in self.vision_encoders:
             apply_finetune(encoder, config.finetune.vision, config.finetune)
         apply_finetune(self.language, config.finetune.language, config.finetune)
