@@ -108,16 +108,19 @@ def test_each_thread_has_its_own_context():
 @on_fresh_thread
 def test_a_close_from_another_thread_frees_nothing_there():
     """GL objects live in their thread's context: a close elsewhere must not free them
-    through whatever context is current there; the owner's renderers draw on."""
+    through whatever context is current there (nor leave that to the MjrContext's
+    destructor); the owner's renderers draw on."""
     owner = gym.make("vla_gym/TabletopPick-v0", image_size=32)
     other = gym.make("vla_gym/TabletopPick-v0", image_size=32)
     owner.reset(seed=1)
     other.reset(seed=2)
     shared = _shared_of(owner)
+    stranded = len(rendering._STRANDED)
     thread = threading.Thread(target=other.close)
     thread.start()
     thread.join()
     assert shared.users == 1
+    assert len(rendering._STRANDED) == stranded + 1  # kept, not freed through another context
     obs = owner.step(owner.action_space.sample())[0]
     np.testing.assert_array_equal(obs["image"], _reference_frame(owner, "main"))
     owner.close()
@@ -137,3 +140,34 @@ def _turned_off():
     assert getattr(rendering._ThreadGL._local, "gl", None) is None
     np.testing.assert_array_equal(obs["image"], _reference_frame(env, "main"))
     env.close()
+
+
+@on_fresh_thread
+def test_a_renderer_collected_unclosed_frees_in_its_own_context():
+    """An env dropped without ``close()`` while another GL context is current (here a
+    ``mujoco.Renderer`` of Pusher-v5's textured model) frees its GL objects in the shared
+    context, not in the current one, whose own objects carry the same names."""
+    import gc
+
+    import mujoco
+
+    pusher = gym.make("Pusher-v5")
+    pusher.reset(seed=0)
+    model, data = pusher.unwrapped.model, pusher.unwrapped.data
+    witness = mujoco.Renderer(model, height=32, width=32)
+
+    def witness_frame() -> np.ndarray:
+        witness.update_scene(data)
+        return witness.render()
+
+    before = witness_frame()
+    env = gym.make("vla_gym/TabletopPick-v0", image_size=32)
+    env.reset(seed=0)
+    shared = _shared_of(env)
+    np.testing.assert_array_equal(witness_frame(), before)  # the witness's context is current
+    del env
+    gc.collect()
+    assert shared.users == 0
+    np.testing.assert_array_equal(witness_frame(), before)
+    witness.close()
+    pusher.close()

@@ -259,15 +259,28 @@ class _FramePath:
 
     def close(self) -> None:
         """Free what ``shared`` made (a borrowed renderer frees its own). GL objects can be
-        freed only in their context, current on its own thread; from elsewhere (a garbage
-        collection on another thread) they are left to the process's end."""
-        shared, self._shared = self._shared, None
+        freed only in their context, current on its own thread: from elsewhere (a garbage
+        collection on another thread) the MjrContext is kept alive to the process's end, as
+        its destructor would free GL names in whatever context is current there."""
+        shared, self._shared = getattr(self, "_shared", None), None
         if shared is None:
             return
         if shared.is_home():
             shared.make_current()
             self._context.free()
+        else:
+            _STRANDED.append(self._context)
         shared.release()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown: GL may already be gone
+            pass
+
+
+# MjrContexts closed away from their thread's context (see ``_FramePath.close``).
+_STRANDED: list[mujoco.MjrContext] = []
 
 
 @contextlib.contextmanager
