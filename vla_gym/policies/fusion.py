@@ -122,17 +122,14 @@ class FiLMFusion(Fusion):
         self.target_logit = nn.Linear(cfg.dim, 1)
         self.readout = nn.Sequential(nn.Linear(4 * cfg.dim + 2, cfg.dim), nn.GELU())
         self.landmark: LandmarkMap | None = None
+        # both read cell positions off the token grid
+        for option in ("landmark_map", "relation_layers"):
+            if getattr(cfg, option) and not self.keypoints.valid:
+                raise ValueError(f"fusion.{option} needs a square grid of image tokens, "
+                                 f"got {n_tokens}")
         if cfg.landmark_map:
-            if not self.keypoints.valid:
-                raise ValueError(f"fusion.landmark_map needs a square grid of image tokens, "
-                                 f"got {n_tokens}")
             self.landmark = LandmarkMap(l_dim, cfg.dim)
-        self.relation: RelationBlocks | None = None
-        if cfg.relation_layers:
-            if not self.keypoints.valid:
-                raise ValueError(f"fusion.relation_layers needs a square grid of image tokens, "
-                                 f"got {n_tokens}")
-            self.relation = RelationBlocks(cfg)
+        self.relation = RelationLayers(cfg) if cfg.relation_layers else None
 
     def forward(self, v_pooled: Tensor, v_tokens: Tensor, lang: LanguageFeatures) -> Tensor:
         return self.forward_with_maps(v_pooled, v_tokens, lang)[0]
@@ -195,7 +192,7 @@ class LandmarkMap(nn.Module):
         return logits, self.relative(offsets.to(tokens.dtype)) * scale
 
 
-class RelationBlocks(nn.Module):
+class RelationLayers(nn.Module):
     """``fusion.relation_layers`` self-attention layers (pre-norm, residual) over FiLM's
     modulated tokens, each token first given its cell's position. The position term and each
     layer's output projection start at zero, so a fresh model's target map is the plain FiLM
