@@ -139,6 +139,11 @@ def train_bc_command(
         help="Tabletop: lift each camera's target map onto the table with the env's camera "
              "calibration and hand the target's offset from the gripper to the action head "
              "(needs --grounding > 0)."),
+    grounding_warmup_steps: int = typer.Option(
+        0, "--grounding-warmup-steps", min=0,
+        help="Train perception alone first, this many steps of the grounding losses on the "
+             "grounding frames (needs --grounding > 0 and --grounding-scenes or other-target "
+             "frames); counted in --steps and --time-budget."),
     refit_head_steps: int = typer.Option(
         0, "--refit-head-steps", min=0,
         help="After training, re-initialise the action head and fit it this many steps on the "
@@ -161,15 +166,6 @@ def train_bc_command(
     from vla_gym.training.bc import BCConfig, train_bc
     from vla_gym.training.demos import Demos
 
-    config = BCConfig(preset=preset, steps=steps, batch_size=batch_size, lr=lr,
-                      eval_every=eval_every, eval_episodes=eval_episodes,
-                      grounding_weight=grounding, contrastive_weight=contrastive, seed=seed,
-                      time_budget_s=time_budget, state_velocities=state_velocities,
-                      dagger_episodes=dagger_episodes, dagger_rounds=dagger_rounds,
-                      precision=precision, target_geometry=target_geometry,
-                      refit_head_steps=refit_head_steps,
-                      policy_changes=_bc_policy_changes(binary_gripper, landmark_map,
-                                                        relation_layers))
     if landmark_map and grounding <= 0:
         raise typer.BadParameter("--landmark-map trains its map with the grounding loss; set "
                                  "--grounding to a weight > 0 (e.g. 1.0)",
@@ -184,10 +180,28 @@ def train_bc_command(
     if grounding_scenes and grounding <= 0:
         raise typer.BadParameter("--grounding-scenes feeds the grounding loss; set --grounding "
                                  "to a weight > 0 (e.g. 1.0)", param_hint="--grounding-scenes")
+    if grounding_warmup_steps and grounding <= 0:
+        raise typer.BadParameter("--grounding-warmup-steps trains the grounding losses; set "
+                                 "--grounding to a weight > 0 (e.g. 1.0)",
+                                 param_hint="--grounding-warmup-steps")
+    config = BCConfig(preset=preset, steps=steps, batch_size=batch_size, lr=lr,
+                      eval_every=eval_every, eval_episodes=eval_episodes,
+                      grounding_weight=grounding, contrastive_weight=contrastive, seed=seed,
+                      time_budget_s=time_budget, state_velocities=state_velocities,
+                      dagger_episodes=dagger_episodes, dagger_rounds=dagger_rounds,
+                      precision=precision, target_geometry=target_geometry,
+                      refit_head_steps=refit_head_steps,
+                      grounding_warmup_steps=grounding_warmup_steps,
+                      policy_changes=_bc_policy_changes(binary_gripper, landmark_map,
+                                                        relation_layers))
     demos = Demos.from_dataset(dataset)
     if grounding_scenes:
         demos = demos.with_grounding_scenes(grounding_scenes, seed=seed,
                                             relational=relational_grounding)
+    if grounding_warmup_steps and demos.grounding_frames is None:
+        raise typer.BadParameter("--grounding-warmup-steps trains on grounding frames, which "
+                                 f"{dataset} lacks; add --grounding-scenes N",
+                                 param_hint="--grounding-warmup-steps")
     try:
         result = train_bc(demos, out, config, resume=resume, progress=sys.stderr.isatty())
     except KeyboardInterrupt:

@@ -429,6 +429,10 @@ def test_cli_grounding_options_refuse_what_they_cannot_feed(tmp_path):
     result = CliRunner().invoke(app, ["train", "bc", "--dataset", str(tmp_path / "d"),
                                       "--out", str(tmp_path / "run"), "--landmark-map"])
     assert result.exit_code == 2 and "--grounding" in result.output
+    result = CliRunner().invoke(app, ["train", "bc", "--dataset", str(tmp_path / "d"),
+                                      "--out", str(tmp_path / "run"),
+                                      "--grounding-warmup-steps", "100"])
+    assert result.exit_code == 2 and "--grounding to a weight" in result.output
 
 
 def test_refit_head_fits_the_head_on_frozen_perception_and_leaves_perception_alone(
@@ -471,3 +475,36 @@ def test_a_refit_run_reports_its_refit_in_the_result_and_summary(pick_demos, tmp
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["refit"]["frames"] == len(pick_demos)
     assert result.train_seconds >= result.refit["seconds"]
+
+
+def test_grounding_warmup_trains_the_maps_alone_then_hands_over_to_bc(tmp_path):
+    demos = Demos.from_expert(PICK, 2, seed=0, image_size=32, other_targets=True)
+    trainer = BCTrainer(demos, tmp_path, _config(steps=60, lr=2e-3, grounding_weight=1.0,
+                                                 grounding_warmup_steps=50))
+    policy = trainer.policy
+
+    def same(before, module):
+        return all(torch.equal(a, b) for a, b in zip(before, module.parameters()))
+
+    head = [p.clone() for p in policy.action_heads[0].parameters()]
+    vision = [p.clone() for p in policy.trunk.vision.parameters()]
+    warmup = [trainer.train_step() for _ in range(50)]
+    # Warm-up steps see grounding frames only: no action loss, the action head untouched,
+    # perception moved and its map loss falling.
+    assert all("action_loss" not in m for m in warmup)
+    assert same(head, policy.action_heads[0]) and not same(vision, policy.trunk.vision)
+    first = np.mean([m["frames_grounding_loss"] for m in warmup[:5]])
+    last = np.mean([m["frames_grounding_loss"] for m in warmup[-5:]])
+    assert last < 0.8 * first, (first, last)
+    after = trainer.train_step()
+    assert "action_loss" in after and "frames_grounding_loss" in after
+    assert not same(head, policy.action_heads[0])
+
+
+def test_grounding_warmup_refuses_what_it_cannot_train(pick_demos, tmp_path):
+    with pytest.raises(ValueError, match="grounding_warmup_steps must be >= 0"):
+        BCConfig(grounding_warmup_steps=-1)
+    with pytest.raises(ValueError, match="need grounding_weight > 0"):
+        BCConfig(grounding_warmup_steps=10)
+    with pytest.raises(ValueError, match="needs demos with grounding frames"):
+        BCTrainer(pick_demos, tmp_path, _config(grounding_weight=1.0, grounding_warmup_steps=10))

@@ -79,12 +79,23 @@ class BCConfig:
     # (``vla_gym.training.refit``; 0 = off). Counted in train_seconds, not in time_budget_s.
     refit_head_steps: int = 0
     refit_batch_size: int = 256
+    # The first this many steps train perception alone: the auxiliary (grounding) losses on
+    # full batches of the demos' grounding frames, no action loss. The maps then start BC
+    # already finding the named object, rather than learning that under the action loss's
+    # pull toward the demos' 200-odd scenes. Counted in steps and in time_budget_s.
+    grounding_warmup_steps: int = 0
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_episodes", "eval_num_envs",
                      "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"BCConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.grounding_warmup_steps < 0:
+            raise ValueError(f"BCConfig.grounding_warmup_steps must be >= 0, got "
+                             f"{self.grounding_warmup_steps}")
+        if self.grounding_warmup_steps and self.grounding_weight <= 0:
+            raise ValueError("BCConfig.grounding_warmup_steps trains the grounding losses, "
+                             "which need grounding_weight > 0")
         if self.refit_head_steps < 0 or self.refit_batch_size < 1:
             raise ValueError(f"BCConfig.refit_head_steps must be >= 0 and refit_batch_size "
                              f">= 1, got {self.refit_head_steps}, {self.refit_batch_size}")
@@ -195,6 +206,9 @@ class BCTrainer:
         self.policy = self._load_policy(checkpoint) if checkpoint else build_policy(
             demos, self.config)
         check_demos_fit_policy(demos, self.policy)
+        if self.config.grounding_warmup_steps and demos.grounding_frames is None:
+            raise ValueError("BCConfig.grounding_warmup_steps needs demos with grounding frames "
+                             "(Demos.from_expert(other_targets=True or grounding_scenes=N))")
         self._started: float | None = None  # when run() began (the time budget's clock)
         self.optimizer, self.scheduler = self._make_optimiser()
         if checkpoint:
@@ -310,14 +324,10 @@ class BCTrainer:
 
         self.policy.train()
         with self._autocast():
-            loss, metrics = self.policy(self.sample_batch())
-            frames = self.demos.grounding_frames
-            if frames is not None and self.config.grounding_weight > 0:  # half a batch more
-                g_loss, g_metrics = self.policy.auxiliary_loss(
-                    self.sample_batch(frames, max(1, self.config.batch_size // 2)))
-                loss = loss + g_loss
-                metrics.update({f"frames_{k}": v for k, v in g_metrics.items()},
-                               loss=loss.item())
+            if self.step < self.config.grounding_warmup_steps:
+                loss, metrics = self._grounding_step()
+            else:
+                loss, metrics = self._bc_step()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.policy.parameters(), 1.0)
@@ -325,6 +335,25 @@ class BCTrainer:
         self.scheduler.step()
         self.step += 1
         return metrics
+
+    def _grounding_step(self) -> tuple[Any, dict[str, float]]:
+        """A warm-up step: the auxiliary losses on a full batch of grounding frames."""
+        assert self.demos.grounding_frames is not None  # checked in __init__
+        loss, g_metrics = self.policy.auxiliary_loss(self.sample_batch(
+            self.demos.grounding_frames))
+        return loss, {**{f"frames_{k}": v for k, v in g_metrics.items()}, "loss": loss.item()}
+
+    def _bc_step(self) -> tuple[Any, dict[str, float]]:
+        """The action loss on a batch of demos, plus the auxiliary losses on half a batch of
+        grounding frames where there are any."""
+        loss, metrics = self.policy(self.sample_batch())
+        frames = self.demos.grounding_frames
+        if frames is not None and self.config.grounding_weight > 0:  # half a batch more
+            g_loss, g_metrics = self.policy.auxiliary_loss(
+                self.sample_batch(frames, max(1, self.config.batch_size // 2)))
+            loss = loss + g_loss
+            metrics.update({f"frames_{k}": v for k, v in g_metrics.items()}, loss=loss.item())
+        return loss, metrics
 
     def _autocast(self) -> Any:
         import torch
