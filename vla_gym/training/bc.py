@@ -80,9 +80,9 @@ class BCConfig:
     refit_head_steps: int = 0
     refit_batch_size: int = 256
     # The first this many steps train perception alone: the auxiliary (grounding) losses on
-    # full batches of the demos' grounding frames, no action loss. The maps then start BC
-    # already finding the named object, rather than learning that under the action loss's
-    # pull toward the demos' 200-odd scenes. Counted in steps and in time_budget_s.
+    # full batches of the demos' grounding frames, no action loss, so that BC starts from
+    # maps that already find the named object (on Pick they end training on the target more
+    # often: README, "Grounding warm-up"). Counted in steps and in time_budget_s.
     grounding_warmup_steps: int = 0
 
     def __post_init__(self) -> None:
@@ -338,22 +338,25 @@ class BCTrainer:
 
     def _grounding_step(self) -> tuple[Any, dict[str, float]]:
         """A warm-up step: the auxiliary losses on a full batch of grounding frames."""
-        assert self.demos.grounding_frames is not None  # checked in __init__
-        loss, g_metrics = self.policy.auxiliary_loss(self.sample_batch(
-            self.demos.grounding_frames))
-        return loss, {**{f"frames_{k}": v for k, v in g_metrics.items()}, "loss": loss.item()}
+        loss, metrics = self._frames_loss(self.config.batch_size)
+        return loss, {**metrics, "loss": loss.item()}
 
     def _bc_step(self) -> tuple[Any, dict[str, float]]:
         """The action loss on a batch of demos, plus the auxiliary losses on half a batch of
         grounding frames where there are any."""
         loss, metrics = self.policy(self.sample_batch())
-        frames = self.demos.grounding_frames
-        if frames is not None and self.config.grounding_weight > 0:  # half a batch more
-            g_loss, g_metrics = self.policy.auxiliary_loss(
-                self.sample_batch(frames, max(1, self.config.batch_size // 2)))
+        if self.demos.grounding_frames is not None and self.config.grounding_weight > 0:
+            g_loss, g_metrics = self._frames_loss(max(1, self.config.batch_size // 2))
             loss = loss + g_loss
-            metrics.update({f"frames_{k}": v for k, v in g_metrics.items()}, loss=loss.item())
+            metrics.update(g_metrics, loss=loss.item())
         return loss, metrics
+
+    def _frames_loss(self, size: int) -> tuple[Any, dict[str, float]]:
+        """The auxiliary losses on ``size`` grounding frames; metrics named ``frames_*``."""
+        assert self.demos.grounding_frames is not None
+        loss, metrics = self.policy.auxiliary_loss(self.sample_batch(
+            self.demos.grounding_frames, size))
+        return loss, {f"frames_{k}": v for k, v in metrics.items()}
 
     def _autocast(self) -> Any:
         import torch
