@@ -70,16 +70,18 @@ class Probe(nn.Module):
         tokens = num_vision_tokens(cfg.vision, cfg.vision.patch_size)
         self.fusion = build_fusion(cfg.fusion, self.vision.out_dim, self.language.out_dim,
                                    tokens)
+        self.register_buffer("mean", torch.tensor(self.vision.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(self.vision.std).view(1, 3, 1, 1))
 
     def forward(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
         lang = self.language(*self.language.tokenize(texts))
-        pooled, tokens = self.vision(images)
+        pooled, tokens = self.vision((images - self.mean) / self.std)
         return self.fusion.forward_with_map(pooled, tokens, lang)[1]
 
 
 def to_input(images: np.ndarray) -> torch.Tensor:
-    """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [-1, 1], as the policies normalise."""
-    return torch.as_tensor(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [0, 1]; each model normalises its own."""
+    return torch.as_tensor(images).permute(0, 3, 1, 2).float() / 255.0
 
 
 def shifted(images: torch.Tensor, pixels: np.ndarray, pad: int, rng: np.random.Generator
@@ -132,8 +134,7 @@ def policy_map(path: Path) -> Any:
     trunk = policy.trunk
 
     def map_of(images: torch.Tensor, texts: list[str]) -> torch.Tensor:
-        # to_input's [-1, 1] back to [0, 1], then the policy's own normalisation
-        images = ((images + 1.0) / 2.0 - policy.pixel_mean) / policy.pixel_std
+        images = (images - policy.pixel_mean) / policy.pixel_std
         lang = trunk.language(*trunk.language.tokenize(texts))
         pooled, tokens = trunk.vision(images)
         return trunk.fusion.forward_with_map(pooled, tokens, lang)[1]
