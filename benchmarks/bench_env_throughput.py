@@ -6,7 +6,7 @@ Ratios, not absolute numbers, are the figures to compare across machines:
   env / pusher   vla_gym env step vs Gymnasium's Pusher-v5 with render_mode="rgb_array"
   asyncK / one   make_vec async mode, K envs (a HybridVectorEnv: K/2 envs in the parent,
                  K/2 in one worker process on a 2-core machine) vs a single env, total
-                 steps/s; K from --async-envs (2 and 4 by default)
+                 steps/s; K from --async-envs (2, 4 and 8 by default)
   async2_workers_only / one
                  plain AsyncVectorEnv, both envs in workers (vector_kwargs local_envs=0)
   2 procs / one  two independent single-env processes, their timing started together: what
@@ -292,7 +292,7 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=15,
                         help="interleaved blocks of each contender in one process")
     parser.add_argument("--block-steps", type=int, default=200)
-    parser.add_argument("--async-envs", type=int, nargs="+", default=[2, 4],
+    parser.add_argument("--async-envs", type=int, nargs="+", default=[2, 4, 8],
                         help="async vector env sizes in the interleaved blocks")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()

@@ -20,10 +20,12 @@ ready by then. Waking a process blocked on a pipe is slow on some machines (a pi
 cost ~0.7 ms on a 2-core VM, more than a 96 px env step); the parent, busy with its own envs,
 rarely waits, and workers and parent wait for each other by polling (yielding the CPU to
 anything else runnable) for up to ``spin_s`` seconds before they block. Steps travel as raw
-bytes (the actions', then rewards, flags and the pickled info rows; observations in
-gymnasium's shared memory) rather than gymnasium's pickled tuples, whose numpy pickling cost
-more than the pipe itself; other commands go pickled. All envs' infos are batched in one pass
-(``LeanInfoMixin._batch_infos``). A worker whose env raises (Ctrl-C included) sends the
+bytes (the actions', then rewards, flags and the group's infos; observations in gymnasium's
+shared memory) rather than gymnasium's pickled tuples, whose numpy pickling cost more than the
+pipe itself; other commands go pickled. Infos that share a layout (every step of an env
+family) travel as numpy records (``vla_gym.vector_info``): a group's numbers as raw bytes,
+each key's batch one slice of the joined records; the local envs' are put in columns while
+the workers finish. A worker whose env raises (Ctrl-C included) sends the
 error and ends, as in ``AsyncVectorEnv``; the parent re-raises it.
 
 Results are bit-identical to ``SyncVectorEnv``'s for the same seeds and actions (observations,
@@ -75,6 +77,16 @@ from gymnasium.vector.utils import (
 )
 from gymnasium.vector.vector_env import AutoresetMode
 
+from vla_gym.vector_info import (
+    InfoDecoder,
+    InfoEncoder,
+    InfoLayouts,
+    InfoPart,
+    InfoRows,
+    batch_infos,
+    empty_info_batch,
+)
+
 ASYNC_DEFAULTS: dict[str, Any] = {"context": "spawn"}
 # Seconds the hybrid's parent and workers poll before blocking on a pipe: covers the gap
 # between steps of a loop that does little else, not a slow policy.
@@ -103,75 +115,6 @@ class LeanInfoMixin:
         return vector_infos
 
 
-    def _batch_infos(self, rows: Sequence[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
-        """``rows`` ((env_num, info) in env order) batched as ``_add_info`` would batch them one
-        by one. Where there is one info per env, all with the same keys in the same order and
-        each key's values of one kind (as every step of an env family gives), each key is
-        batched in one ``np.array`` call rather than a write per env."""
-        columns = _uniform_columns(rows, self.num_envs)
-        vector_infos: dict[str, Any] = {}
-        if columns is None:
-            for env_num, info in rows:
-                self._add_info(vector_infos, info, env_num)
-            return vector_infos
-        present = np.ones(self.num_envs, dtype=np.bool_)
-        for key, values in columns:
-            vector_infos[key] = _info_column(values, self.num_envs)
-            vector_infos["_" + key] = present.copy()
-        return vector_infos
-
-
-def _uniform_columns(rows: Sequence[tuple[int, dict[str, Any]]], n: int,
-                     ) -> list[tuple[str, list[Any]]] | None:
-    """(key, one value per env) per key when ``_batch_infos``'s fast path applies, else None."""
-    if len(rows) != n or any(env_num != i for i, (env_num, _) in enumerate(rows)):
-        return None
-    first = rows[0][1]
-    keys = tuple(first)
-    if any(tuple(info) != keys for _, info in rows[1:]) or "final_obs" in first:
-        return None
-    columns = []
-    for key in keys:
-        values = [info[key] for _, info in rows]
-        kind = type(values[0])
-        if (kind is dict or (kind is not np.ndarray and issubclass(kind, np.ndarray))
-                or any(type(v) is not kind for v in values[1:])):
-            return None
-        if kind is np.ndarray and (values[0].dtype.kind not in "biufc" or any(
-                v.shape != values[0].shape or v.dtype != values[0].dtype for v in values[1:])):
-            return None
-        columns.append((key, values))
-    return columns
-
-
-def _is_scalar_kind(kind: type) -> bool:
-    """Whether gymnasium batches values of this type into a 1-D array of that dtype."""
-    return kind in (int, float, bool) or issubclass(kind, np.number)
-
-
-def _info_column(values: list[Any], n: int) -> np.ndarray:
-    """``values`` (one per env, of one kind) in the array ``empty_info_batch`` would give."""
-    kind = type(values[0])
-    if _is_scalar_kind(kind):
-        return np.array(values, dtype=kind)
-    if kind is np.ndarray:
-        return np.array(values)
-    column = np.full(n, fill_value=None, dtype=object)
-    for i, value in enumerate(values):
-        column[i] = value
-    return column
-
-
-def empty_info_batch(value: Any, n: int) -> np.ndarray:
-    """The array ``VectorEnv._add_info`` batches ``value``'s key into (gymnasium's rule)."""
-    kind = type(value)
-    if _is_scalar_kind(kind):
-        return np.zeros(n, dtype=kind)
-    if isinstance(value, np.ndarray):
-        return np.zeros((n, *value.shape), dtype=value.dtype)
-    return np.full(n, fill_value=None, dtype=object)
-
-
 class LeanSyncVectorEnv(LeanInfoMixin, gym.vector.SyncVectorEnv):
     """``SyncVectorEnv`` with ``LeanInfoMixin``'s info batching."""
 
@@ -191,7 +134,7 @@ class _RecordInfoMixin:
         self._raw_infos.append((env_num, env_info))
         return vector_infos
 
-    def take_infos(self) -> list[tuple[int, dict[str, Any]]]:
+    def take_infos(self) -> InfoRows:
         infos, self._raw_infos = self._raw_infos, []
         return infos
 
@@ -271,7 +214,7 @@ def _spin_until_readable(pipes: Sequence[Any], spin_s: float) -> bool:
 # command pickled. Worker to parent: _OK or _FAILED, then the payload. A pickle stream
 # starts with b"\x80", never with _STEP.
 _STEP = b"S"  # + the action's dtype str, ndim and shape, then its raw bytes
-_OK = b"\x01"  # + the reply: a step's rewards, flags and info rows (encode_step_result),
+_OK = b"\x01"  # + the reply: a step's rewards, flags and infos (encode_step_result),
 # anything else pickled
 _FAILED = b"\x00"  # + the pickled (exception type, message, traceback text)
 
@@ -298,21 +241,21 @@ def decode_step(message: bytes) -> Any:
 
 
 def encode_step_result(rewards: Sequence[float], terminations: Sequence[bool],
-                       truncations: Sequence[bool], info_rows: list[tuple[int, Any]]) -> bytes:
+                       truncations: Sequence[bool], infos: bytes) -> bytes:
     """A worker's reply to a step of its ``k`` envs (observations already in shared memory):
-    ``k`` float64 rewards, ``k`` termination and ``k`` truncation bytes, the pickled
-    (env in the group, info) rows."""
+    ``k`` float64 rewards, ``k`` termination and ``k`` truncation bytes, then the group's
+    infos (``InfoEncoder.encode``)."""
     k = len(rewards)
-    return (_OK + struct.pack(f"<{k}d{2 * k}?", *rewards, *terminations, *truncations)
-            + pickle.dumps(info_rows, protocol=pickle.HIGHEST_PROTOCOL))
+    return _OK + struct.pack(f"<{k}d{2 * k}?", *rewards, *terminations, *truncations) + infos
 
 
-def decode_step_result(message: bytes, k: int,
-                       ) -> tuple[list[float], list[bool], list[bool], list[tuple[int, Any]]]:
-    """``encode_step_result``'s rewards, terminations, truncations and info rows."""
+def decode_step_result(message: bytes, k: int, infos: InfoDecoder,
+                       ) -> tuple[list[float], list[bool], list[bool], InfoPart]:
+    """``encode_step_result``'s rewards, terminations, truncations and infos (decoded by the
+    sending worker's ``infos``)."""
     values = struct.unpack_from(f"<{k}d{2 * k}?", message, 1)
     return (list(values[:k]), list(values[k:2 * k]), list(values[2 * k:]),
-            pickle.loads(memoryview(message)[1 + 10 * k:]))
+            infos.decode(memoryview(message)[1 + 10 * k:]))
 
 
 def _error_message(exc: BaseException) -> bytes:
@@ -408,13 +351,14 @@ def _group_worker(env_fns: CloudpickleWrapper, conn: Any, parent_conn: Any,
         envs = _LocalPart(list(env_fns.fn), copy=False, autoreset_mode=autoreset_mode)
         space = envs.single_observation_space
         write = _ObservationWriter(write_to_shared_memory)
+        infos = InfoEncoder()
 
         def publish() -> None:
             for i, row in enumerate(envs.rows):
                 write(space, offset + i, row, shared_memory)
 
         conn.send_bytes(_OK + pickle.dumps((space, envs.single_action_space)))
-        while _serve_one(envs, conn, publish, spin_s):
+        while _serve_one(envs, conn, publish, infos, spin_s):
             pass
     except BaseException as exc:  # Ctrl-C too: the parent hears of it
         try:
@@ -428,7 +372,7 @@ def _group_worker(env_fns: CloudpickleWrapper, conn: Any, parent_conn: Any,
 
 
 def _serve_one(envs: _LocalPart, conn: Any, publish: Callable[[], None],
-               spin_s: float) -> bool:
+               infos: InfoEncoder, spin_s: float) -> bool:
     """Wait for the parent's next message and answer it; False after "close"."""
     _spin_until_readable((conn,), spin_s)
     message = conn.recv_bytes()
@@ -436,7 +380,7 @@ def _serve_one(envs: _LocalPart, conn: Any, publish: Callable[[], None],
         _, rewards, terminations, truncations = envs.step(decode_step(message))
         publish()
         conn.send_bytes(encode_step_result(rewards, terminations, truncations,
-                                           envs.take_infos()))
+                                           infos.encode(envs.take_infos(), len(rewards))))
         return True
     command, data = pickle.loads(message)
     reply: Any = None
@@ -472,6 +416,7 @@ class _WorkerGroups:
         self.observations = read_from_shared_memory(observation_space, self.shared_memory, n=n)
         self.parent_pipes: list[Any] = []
         self.processes: list[Any] = []
+        self.info_decoders = [InfoDecoder() for _ in range(groups)]
         self._pending: str | None = None
         self.closed = False
         with clear_mpi_env_vars():
@@ -558,28 +503,25 @@ class _WorkerGroups:
         self._send("step", [encode_step(a) for a in actions])
 
     def receive_steps(self) -> tuple[list[float], list[bool], list[bool],
-                                     list[tuple[int, Any]]]:
-        """Rewards, terminations, truncations (one per remote env) and (remote env, info)
-        rows of ``send_steps``."""
-        parts = [decode_step_result(message, size) for message, size in
-                 zip(self._receive("step"), self.sizes, strict=True)]
+                                     list[tuple[int, InfoPart]]]:
+        """Rewards, terminations, truncations (one per remote env) and (first remote env,
+        infos) per group of ``send_steps``."""
+        parts = [decode_step_result(message, size, decoder) for message, size, decoder in
+                 zip(self._receive("step"), self.sizes, self.info_decoders, strict=True)]
+        infos = [(offset, part[3]) for part, offset in zip(parts, self.offsets, strict=True)]
         if len(parts) == 1:
-            return parts[0]
-        rows = [(offset + i, info) for part, offset in zip(parts, self.offsets, strict=True)
-                for i, info in part[3]]
-        return (*([x for part in parts for x in part[j]] for j in range(3)), rows)
+            return (*parts[0][:3], infos)
+        return (*([x for part in parts for x in part[j]] for j in range(3)), infos)
 
     def send_resets(self, per_group: Sequence[dict[str, Any] | None]) -> None:
         """``SyncVectorEnv.reset`` keyword arguments per group; None leaves a group alone."""
         targets = [g for g, kwargs in enumerate(per_group) if kwargs is not None]
         self._send("reset", [per_group[g] for g in targets], targets)
 
-    def receive_resets(self) -> list[tuple[int, Any]]:
-        """The (remote env, info) rows of ``send_resets``' groups."""
-        targets = self._targets
-        return [(self.offsets[g] + i, info)
-                for g, reply in zip(targets, self._receive("reset"), strict=True)
-                for i, info in reply]
+    def receive_resets(self) -> list[tuple[int, InfoPart]]:
+        """(first remote env, info rows) per group of ``send_resets``."""
+        return [(self.offsets[g], reply)
+                for g, reply in zip(self._targets, self._receive("reset"), strict=True)]
 
     def send_calls(self, name: str, args: tuple, kwargs: dict[str, Any]) -> None:
         self._send("call", [(name, args, kwargs)] * len(self.parent_pipes))
@@ -677,6 +619,7 @@ class HybridVectorEnv(LeanInfoMixin, gym.vector.VectorEnv):
         self.spin_s = float(spin_s)
         self._local = _LocalPart(env_fns[:self.local_envs], copy=False,
                                  autoreset_mode=autoreset_mode)
+        self._local_infos = InfoLayouts()
         try:
             # After the local envs: the workers' shared memory is laid out for the
             # observation space the local envs give.
@@ -743,9 +686,9 @@ class HybridVectorEnv(LeanInfoMixin, gym.vector.VectorEnv):
             if remote:
                 self._abandon_remote(exc)
             raise
-        obs = self._local_half()
-        remote_rows = self._remote.receive_resets() if remote else []
-        return self._remote_half(obs, remote_rows)
+        obs, local_infos = self._local_half()
+        return self._remote_half(obs, local_infos,
+                                 self._remote.receive_resets() if remote else [])
 
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray,
                                           dict[str, Any]]:
@@ -760,9 +703,9 @@ class HybridVectorEnv(LeanInfoMixin, gym.vector.VectorEnv):
         except BaseException as exc:
             self._abandon_remote(exc)
             raise
-        obs = self._local_half()  # while the workers finish
-        rewards, terminations, truncations, remote_rows = self._remote.receive_steps()
-        obs, infos = self._remote_half(obs, remote_rows)
+        obs, local_infos = self._local_half()  # while the workers finish
+        rewards, terminations, truncations, remote_infos = self._remote.receive_steps()
+        obs, infos = self._remote_half(obs, local_infos, remote_infos)
         return (obs, np.array(local[1] + rewards, dtype=np.float64),
                 np.array(local[2] + terminations, dtype=np.bool_),
                 np.array(local[3] + truncations, dtype=np.bool_), infos)
@@ -794,19 +737,21 @@ class HybridVectorEnv(LeanInfoMixin, gym.vector.VectorEnv):
             self._remote.wait_pending()
         self._local.take_infos()  # the failed step's partial rows
 
-    def _local_half(self) -> Any:
-        """The batch's local rows: observations, in arrays for all envs."""
-        return _start_join(self.single_observation_space, self._local.rows, self.num_envs,
-                           self.copy)
+    def _local_half(self) -> tuple[Any, InfoPart]:
+        """The batch's local rows: observations, in arrays for all envs, and the local envs'
+        infos (in columns where they share a layout)."""
+        return (_start_join(self.single_observation_space, self._local.rows, self.num_envs,
+                            self.copy),
+                self._local_infos.part(self._local.take_infos(), self.local_envs))
 
-    def _remote_half(self, obs: Any, remote_rows: list[tuple[int, Any]],
-                     ) -> tuple[Any, dict[str, Any]]:
+    def _remote_half(self, obs: Any, local_infos: InfoPart,
+                     remote_infos: list[tuple[int, InfoPart]]) -> tuple[Any, dict[str, Any]]:
         """The workers' rows added to ``_local_half``'s observations, and every env's infos
-        (``remote_rows``: (remote env, info))."""
-        rows = self._local.take_infos()
-        rows.extend((self.local_envs + i, info) for i, info in remote_rows)
-        return (_end_join(self.single_observation_space, obs, self._remote.observations,
-                          self.local_envs, self.copy), self._batch_infos(rows))
+        (``remote_infos``: (first remote env, infos) per group)."""
+        k = self.local_envs
+        parts = [(0, local_infos), *((k + start, part) for start, part in remote_infos)]
+        return (_end_join(self.single_observation_space, obs, self._remote.observations, k,
+                          self.copy), batch_infos(parts, self.num_envs, self._add_info))
 
     # -- sub-env access --------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from gymnasium.vector.vector_env import VectorEnv
 import vla_gym
 from vla_gym.envs.base import instruction_space
 from vla_gym.vector import HybridVectorEnv, LeanAsyncVectorEnv, LeanInfoMixin, LeanSyncVectorEnv
+from vla_gym.vector_info import InfoDecoder, InfoEncoder
 
 MULTI = "vla_gym/TabletopMultiTask-v0"  # info keys differ between families: masks matter
 SMALL = {"image_size": 32}
@@ -100,37 +101,6 @@ def test_add_info_matches_gymnasium_for_every_value_kind():
         _Gym()._add_info(merged[0], info, env_num)
         _Lean()._add_info(merged[1], info, env_num)
     assert_same(merged[1], merged[0])
-
-
-def _one_by_one(rows):
-    merged = {}
-    for env_num, info in rows:
-        _Gym()._add_info(merged, info, env_num)
-    return merged
-
-
-def _uniform_info(k):
-    return {"task": "pick", "reward": 0.5 * k, "success": k == 2, "count": k,
-            "f32": np.float32(k), "pos": np.arange(3.0) + k, "pixel": np.ones(2, np.float32),
-            "none": None, "tags": ("a", k)}
-
-
-@pytest.mark.parametrize("rows", [
-    pytest.param([(k, _uniform_info(k)) for k in range(3)], id="uniform"),
-    pytest.param([(0, _uniform_info(0)), (1, {"reward": 1.0}), (2, _uniform_info(2))],
-                 id="keys-differ"),
-    pytest.param([(0, {"x": 1}), (1, {"x": 2.5}), (2, {"x": 3})], id="kinds-differ"),
-    pytest.param([(0, {"a": np.ones(3)}), (1, {"a": np.full(1, 2.0)}), (2, {"a": np.ones(3)})],
-                 id="shapes-differ"),
-    pytest.param([(0, {"x": 1.0}), (2, {"x": 2.0})], id="env-missing"),
-    pytest.param([(0, {"x": 1.0}), (0, {"final_obs": 1, "final_info": {"x": 1.0}}),
-                  (1, {"x": 2.0}), (2, {"x": 3.0})], id="same-step-final"),
-    pytest.param([(k, {"d": {"inner": float(k)}}) for k in range(3)], id="nested"),
-])
-def test_batch_infos_matches_adding_infos_one_by_one(rows):
-    """The one-pass batching gives gymnasium's batches: values, dtypes, masks, key order."""
-    ours, theirs = _Lean()._batch_infos(rows), _one_by_one(rows)
-    assert_same(ours, theirs)
 
 
 def test_bad_mode_action_and_closed_env_raise_as_before():
@@ -368,9 +338,13 @@ def test_step_messages_round_trip_actions_and_results(action):
 
     rows = [(0, {"task": "pick", "target_pos": np.arange(3.0), "is_success": False}),
             (1, {"task": "push", "target_pos": np.ones(3), "is_success": True})]
-    result = decode_step_result(encode_step_result([0.25, -1e-300], [True, False],
-                                                   [False, True], rows), 2)
-    assert_same(result, ([0.25, -1e-300], [True, False], [False, True], rows))
+    infos = InfoEncoder().encode(rows, 2)
+    rewards, terminations, truncations, part = decode_step_result(
+        encode_step_result([0.25, -1e-300], [True, False], [False, True], infos), 2,
+        InfoDecoder())
+    assert_same((rewards, terminations, truncations), ([0.25, -1e-300], [True, False],
+                                                       [False, True]))
+    assert_same(part.rows(), rows)
 
 
 def test_hybrid_raises_an_error_from_a_worker_env_alone():
