@@ -168,20 +168,22 @@ class InfoLayouts:
         if len(rows) != k or any(env != i for i, (env, _) in enumerate(rows)) or k == 0:
             return rows
         infos = [info for _, info in rows]
-        layout = self._last
-        if layout is None or not all(layout.fits(info) for info in infos):
-            layout = InfoLayout.of(infos[0])
-            if layout is None or not all(layout.fits(info) for info in infos[1:]):
-                return rows
-            layout = self._remember(layout)
+        layout = self._fitting(infos)
+        if layout is None:
+            return rows
         self._last = layout
         return layout.columns(infos)
 
-    def _remember(self, layout: InfoLayout) -> InfoLayout:
-        """The known layout equal to ``layout`` (its dtype already built), else ``layout``."""
-        for known in self.known:
-            if known == layout:
-                return known
+    def _fitting(self, infos: list[dict[str, Any]]) -> InfoLayout | None:
+        """The layout all ``infos`` have: the last one used, another seen before (e.g. a reset's
+        after steps'), or a new one; None if they differ."""
+        last = self._last  # most steps: the last one
+        for layout in ([last] if last is not None else []) + list(self.known):
+            if all(layout.fits(info) for info in infos):
+                return layout
+        layout = InfoLayout.of(infos[0])
+        if layout is None or not all(layout.fits(info) for info in infos[1:]):
+            return None
         self.known[layout] = len(self.known)
         return layout
 

@@ -93,6 +93,7 @@ def test_a_layout_is_sent_once_and_several_layouts_alternate():
     messages = [encoder.encode(rows, 2) for rows in (a, b, a, b, a)]
     assert len(messages[2]) < len(messages[0]) and len(messages[3]) < len(messages[1])
     assert messages[2] == messages[4]
+    assert len(encoder.known) == 2  # a layout seen before is reused, not built again
     for rows, message in zip((a, b, a, b, a), messages):
         assert_same(decoder.decode(message).rows(), rows)
     with pytest.raises(ValueError, match="layout 1 was never sent"):
