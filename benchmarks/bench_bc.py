@@ -11,7 +11,7 @@ paraphrase split (``--split test``) as a ratio to the in-distribution rate.
         --demos 200 --time-budget 900 --json runs/bench/bc.json
 
 Pick's best recipe so far (78.5% on average over 150 unseen scenes and training seeds 0, 1
-and 2, against 76.4% without ``--grounding-warmup-steps``; 78.9% with seed 3 too; README,
+and 2, against 76.4% without ``--grounding-warmup-steps``; 78.2% over seeds 0-5; README,
 "Demonstrations, behaviour cloning, evaluation")::
 
     python benchmarks/bench_bc.py --env vla_gym/TabletopPick-v0 --demos 200 --other-targets \

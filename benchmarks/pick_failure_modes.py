@@ -3,7 +3,9 @@
     python benchmarks/pick_failure_modes.py --policy RUN/TabletopPick-v0/policy --episodes 150
 
 Episode j starts from ``reset(seed=EVAL_SEED + j)``, the seeds ``bench_bc.py`` evaluates on, in
-an env made with the policy's image size and cameras. The
+an env made with the policy's image size and cameras; ``--scenes validation`` starts from
+``VALIDATION_SEED`` instead, scenes for judging changes to a policy without looking at the
+bench's own. The
 categories, first match wins: success; never closed (the gripper never got a closing command);
 grasped another object; grasped the target but never lifted it (or lost it); closed on nothing.
 For each, the median offset of the gripper from the target's centre when it first closed
@@ -26,6 +28,9 @@ import vla_gym  # noqa: F401  (registers the env ids)
 from vla_gym.jsonfile import write_json
 from vla_gym.rollout import policy_env_kwargs, wilson_interval
 
+# Validation scenes: clear of the demo (0 on), grounding (50 000 on), DAgger (70 000 on) and
+# evaluation (100 000 on) seeds.
+VALIDATION_SEED = 200_000
 ORDER = ("success", "never closed", "grasped another object",
          "grasped the target, not lifted", "closed on nothing")
 
@@ -91,6 +96,8 @@ def main() -> None:
     parser.add_argument("--policy", type=Path, required=True, help="a saved policy directory")
     parser.add_argument("--episodes", type=int, default=150)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--scenes", choices=("bench", "validation"), default="bench",
+                        help="the bench's evaluation scenes, or validation scenes")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if args.episodes < 1:
@@ -102,9 +109,11 @@ def main() -> None:
     policy = VLAPolicy.from_pretrained(args.policy).eval()
     env = gym.make("vla_gym/TabletopPick-v0", image_size=policy.config.vision.image_size,
                    **policy_env_kwargs(policy))
-    episodes = [run_episode(policy, env, EVAL_SEED + j) for j in range(args.episodes)]
+    first = EVAL_SEED if args.scenes == "bench" else VALIDATION_SEED
+    episodes = [run_episode(policy, env, first + j) for j in range(args.episodes)]
     env.close()
-    result = {"policy": str(args.policy), **summarise(episodes), "per_episode": episodes}
+    result = {"policy": str(args.policy), "scenes": args.scenes, **summarise(episodes),
+              "per_episode": episodes}
     lo, hi = result["success_ci95"]
     print(f"success {result['success_rate']:.1%} ({lo:.1%}-{hi:.1%}) over {args.episodes}")
     for mode, row in result["modes"].items():
