@@ -65,6 +65,7 @@ class InfoLayout:
                                for key, kind in zip(keys, kinds, strict=True)
                                if key in self.numeric])
         self._kind = dict(zip(keys, kinds, strict=True))
+        self._hash = hash(self._signature())  # looked up on every encoded step
         getter = operator.itemgetter(*self.numeric) if self.numeric else None
         # a record is assigned from a tuple, whatever the number of fields
         self._record: Callable[[dict[str, Any]], tuple] = (
@@ -100,7 +101,7 @@ class InfoLayout:
         return isinstance(other, InfoLayout) and self._signature() == other._signature()
 
     def __hash__(self) -> int:
-        return hash(self._signature())
+        return self._hash
 
     def __reduce__(self) -> tuple:
         return InfoLayout, self._signature()
@@ -177,8 +178,10 @@ class InfoLayouts:
     def _fitting(self, infos: list[dict[str, Any]]) -> InfoLayout | None:
         """The layout all ``infos`` have: the last one used, another seen before (e.g. a reset's
         after steps'), or a new one; None if they differ."""
-        last = self._last  # most steps: the last one
-        for layout in ([last] if last is not None else []) + list(self.known):
+        last = self._last
+        if last is not None and all(last.fits(info) for info in infos):  # most steps
+            return last
+        for layout in self.known:
             if all(layout.fits(info) for info in infos):
                 return layout
         layout = InfoLayout.of(infos[0])
