@@ -70,11 +70,13 @@ def run_one(env_id: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     has_gripper = "/Tabletop" in env_id
     grasp_misses = args.grasp_misses if has_gripper else 0.0
     grip_blips = args.grip_blips if has_gripper else 0.0
+    expert_options = {"lift_speed": args.expert_lift_speed} if args.expert_lift_speed else {}
     demos = Demos.from_expert(env_id, args.demos, seed=0, noise=args.noise,
                               other_targets=args.other_targets,
                               grounding_scenes=args.grounding_scenes,
                               grasp_misses=grasp_misses, grip_blips=grip_blips,
-                              relational_grounding=args.relational_grounding, **env_kwargs)
+                              relational_grounding=args.relational_grounding,
+                              expert_options=expert_options, **env_kwargs)
     collect_s = time.perf_counter() - started
     changes: dict[str, Any] = {}
     if args.language == "minilm":
@@ -117,6 +119,7 @@ def run_one(env_id: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "grounding_scenes": args.grounding_scenes,
         "relational_grounding": args.relational_grounding, "grasp_misses": grasp_misses,
         "grip_blips": grip_blips, "precision": args.precision,
+        "expert_options": expert_options,
         "target_geometry": args.target_geometry, "refit": result.refit,
         "grounding_warmup_steps": args.grounding_warmup_steps,
         "other_target_frames": len(
@@ -171,6 +174,9 @@ def main() -> None:
     parser.add_argument("--grip-blips", type=float, default=0.0,
                         help="tabletop ids: per-step chance, in the noisy demos, that the "
                         "executed gripper closes for a few steps while the expert's is open")
+    parser.add_argument("--expert-lift-speed", type=float, default=None,
+                        help="tabletop ids: a deliberately slow demonstrator lifting at this "
+                             "fraction of the action's limit (the weak start of bench_rlhf)")
     parser.add_argument("--target-xy-to-head", action=argparse.BooleanOptionalAction,
                         default=False, help="each view's target-map position goes straight "
                         "to the final MLP (fusion.target_xy_to_head)")

@@ -254,6 +254,9 @@ def train_rlhf_command(
         0, "--rft-explore", min=0,
         help="rft: per scene, also try the policy steered at each of its N strongest target "
              "candidates (needs --target-geometry BC)."),
+    rft_noise_correlation: float = typer.Option(
+        0.0, "--rft-noise-correlation", min=0.0, max=0.999,
+        help="rft: step-to-step correlation of the exploration noise (0 = white)."),
     steps: int = typer.Option(40_000, "--steps", min=0, help="RL env steps in all."),
     iterations: int = typer.Option(4, "--iterations", min=1),
     selection: str = typer.Option("disagreement", "--selection", help="disagreement | random"),
@@ -284,7 +287,8 @@ def train_rlhf_command(
                             eval_episodes=eval_episodes, seed=seed,
                             oracle=OracleConfig(flip=oracle_noise, seed=seed),
                             rl=dataclasses.replace(RLConfig(), algo=algo, seed=seed,
-                                                   rft_explore=rft_explore))
+                                                   rft_explore=rft_explore,
+                                                   rft_noise_correlation=rft_noise_correlation))
         metrics = run_rlhf(config, bc, out, [(q, db) for q in queries or []] if db else None,
                            log=console.print)
     except (QueryFileError, ValueError, FileNotFoundError) as exc:

@@ -135,3 +135,41 @@ def test_expert_actions_wrapper_puts_valid_actions_in_info():
 def test_make_expert_rejects_foreign_envs():
     with pytest.raises(ValueError, match="no scripted expert"):
         make_expert(gym.make("CartPole-v1"))
+
+
+def _lift_actions(lift_speed: float, seed: int = 0) -> tuple[list[np.ndarray], bool]:
+    """The actions from the lift's first step to the episode's end, and the verdict."""
+    env = gym.make("vla_gym/TabletopPick-v0", obs_mode="state")
+    expert = make_expert(env, lift_speed=lift_speed)
+    obs, info = env.reset(seed=seed)
+    lifting, done = [], False
+    while not done:
+        action = expert.act(obs)
+        if lifting or (action[6] > 0 and action[2] > 0.05):  # closed and rising
+            lifting.append(action)
+        obs, _, terminated, truncated, info = env.step(action)
+        done = terminated or truncated
+    env.close()
+    return lifting, bool(info["is_success"])
+
+
+def test_a_slow_demonstrator_lifts_at_its_speed_and_still_succeeds_given_time():
+    fast, fast_won = _lift_actions(1.0)
+    slow, slow_won = _lift_actions(0.2)
+    assert fast_won and slow_won
+    assert max(a[2] for a in slow) == pytest.approx(0.2)  # capped at the lift speed
+    assert max(a[2] for a in fast) == pytest.approx(1.0)
+    # 5 cm at 2 mm a step against 1 cm a step: about five times the steps
+    assert len(slow) >= 4 * len(fast)
+
+
+def test_expert_options_are_checked_by_name_and_range():
+    env = gym.make("vla_gym/TabletopPick-v0", obs_mode="state")
+    with pytest.raises(ValueError, match=r"takes options \['lift_speed'\].*'speed'"):
+        make_expert(env, speed=0.5)
+    for bad in (0.0, 1.5, "fast"):
+        with pytest.raises(ValueError, match="lift_speed must be a number in"):
+            make_expert(env, lift_speed=bad)
+    nav = gym.make("vla_gym/NavGoTo-v0", obs_mode="state")
+    with pytest.raises(ValueError, match=r"NavExpert takes options \[\]"):
+        make_expert(nav, lift_speed=0.5)

@@ -12,6 +12,7 @@ from rlhf_helpers import PICK, tiny_policy_config, tiny_reward_config
 
 from vla_gym.policies import VLAPolicy
 from vla_gym.training.rft import (
+    ActionNoise,
     EliteBuffer,
     Episode,
     FocusedPolicy,
@@ -145,6 +146,9 @@ def test_rft_settings_are_checked():
         RLConfig(algo="rft", rft_keep=1.5)
     with pytest.raises(ValueError, match="rft_noise"):
         RLConfig(algo="rft", rft_noise=())
+    for correlation in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="rft_noise_correlation"):
+            RLConfig(algo="rft", rft_noise_correlation=correlation)
     with pytest.raises(ValueError, match="algo"):
         dataclasses.replace(RLConfig(), algo="a2c")
 
@@ -212,15 +216,16 @@ def test_train_rlhf_cli_takes_rft(tmp_path, monkeypatch):
 
     def fake(config, bc, out, extra=None, log=None):
         seen["algo"], seen["explore"] = config.rl.algo, config.rl.rft_explore
+        seen["correlation"] = config.rl.rft_noise_correlation
         figures = {"success_rate": 0.5}
         return {"bc_eval": figures, "final": {"eval": figures, "labels": config.labels}}
 
     monkeypatch.setattr(rlhf, "run_rlhf", fake)
     result = CliRunner().invoke(app, ["train", "rlhf", "--bc", str(tmp_path), "--env", PICK,
                                       "--out", str(tmp_path / "run"), "--algo", "rft",
-                                      "--rft-explore", "2"])
+                                      "--rft-explore", "2", "--rft-noise-correlation", "0.9"])
     assert result.exit_code == 0, result.output
-    assert seen == {"algo": "rft", "explore": 2}
+    assert seen == {"algo": "rft", "explore": 2, "correlation": 0.9}
 
 
 def test_an_anchor_weight_needs_anchor_actions_and_adds_their_loss():
@@ -390,3 +395,29 @@ def test_rft_with_the_map_anchor_fits_and_stays_nearer_the_bc_maps():
             tuned.log_softmax(-1), start.log_softmax(-1), log_target=True,
             reduction="batchmean"))
     assert drift[True] < drift[False]
+
+
+def test_white_action_noise_is_the_rng_draw_scaled_by_sigma():
+    sigma = np.array([[0.5, 0.0], [1.0, 2.0]], np.float32)
+    noise = ActionNoise(sigma, 0.0, np.random.default_rng(3))
+    expected = np.random.default_rng(3)
+    for _ in range(3):
+        np.testing.assert_array_equal(
+            noise((2, 2)), sigma * expected.standard_normal((2, 2), dtype=np.float32))
+
+
+def test_correlated_action_noise_keeps_its_std_and_correlates_steps():
+    sigma = np.array([[0.2, 1.0]], np.float32)
+    noise = ActionNoise(sigma, 0.9, np.random.default_rng(0))
+    draws = np.stack([noise((1, 2))[0] for _ in range(20_000)])  # (T, 2)
+    np.testing.assert_allclose(draws.std(axis=0), [0.2, 1.0], rtol=0.08)
+    lag1 = [np.corrcoef(draws[:-1, d], draws[1:, d])[0, 1] for d in range(2)]
+    np.testing.assert_allclose(lag1, [0.9, 0.9], atol=0.02)
+    # the point of it: a 50-step motion's mean noise varies far more than white noise's
+    white = ActionNoise(sigma, 0.0, np.random.default_rng(0))
+    white_draws = np.stack([white((1, 2))[0] for _ in range(20_000)])
+    block_std = draws[:, 1].reshape(-1, 50).mean(axis=1).std()
+    white_block_std = white_draws[:, 1].reshape(-1, 50).mean(axis=1).std()
+    assert block_std > 3 * white_block_std
+    with pytest.raises(ValueError, match="correlation"):
+        ActionNoise(sigma, 1.0, np.random.default_rng(0))

@@ -212,6 +212,18 @@ def test_grounding_scenes_add_approach_frames_of_new_scenes_only():
         Demos.from_expert(PICK, 1, grounding_scenes=-1)
 
 
+def test_demos_from_a_slow_demonstrator_lift_at_its_speed(pick_demos):
+    slow = Demos.from_expert(PICK, 1, seed=0, image_size=48,
+                             expert_options={"lift_speed": 0.2})
+    fast = pick_demos.actions[pick_demos.episode == 0]
+    closed_rising = [a[2] for a in slow.actions if a[6] > 0 and a[2] > 0.05]
+    assert closed_rising and max(closed_rising) == pytest.approx(0.2)
+    assert max(a[2] for a in fast if a[6] > 0) == pytest.approx(1.0)
+    assert len(slow) > len(fast)  # the same scene (seed 0), a longer lift
+    with pytest.raises(ValueError, match="takes options"):
+        Demos.from_expert(PICK, 1, expert_options={"speed": 0.2})
+
+
 def _approaches(frames: Demos) -> list[tuple[int, str, str]]:
     """(first row, target, instruction) of each run of grounding frames sharing both."""
     keys = list(zip(frames.targets, frames.instructions))

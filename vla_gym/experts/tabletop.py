@@ -75,6 +75,8 @@ class Waypoint:
     patience: int = 1
     # Done before ``hold`` steps once this holds (``hold`` is then a cap).
     until: Callable[[], bool] | None = None
+    # The largest translation command on the way, as a fraction of the action's limit.
+    speed: float = 1.0
 
 
 def _wrap(angle: float) -> float:
@@ -82,9 +84,19 @@ def _wrap(angle: float) -> float:
 
 
 class TabletopExpert:
-    """``act(obs) -> action``; call ``reset()`` at episode start (also detected automatically)."""
+    """``act(obs) -> action``; call ``reset()`` at episode start (also detected automatically).
 
-    def __init__(self, env: TabletopEnv) -> None:
+    ``lift_speed`` (0, 1]: how fast the grasped object is lifted, as a fraction of the
+    action's limit (1 cm a step). Below 1 the expert is a deliberately slow demonstrator: on
+    Pick a lift at 0.1 takes 50 steps to clear the success height, so late grasps run out of
+    time; BC from such demos gives the weak start that RL from preferences improves on
+    (``benchmarks/bench_rlhf.py``).
+    """
+
+    def __init__(self, env: TabletopEnv, lift_speed: float = 1.0) -> None:
+        if not (isinstance(lift_speed, (int, float)) and 0.0 < lift_speed <= 1.0):
+            raise ValueError(f"lift_speed must be a number in (0, 1], got {lift_speed!r}")
+        self.lift_speed = float(lift_speed)
         self.env = env
         self.sim = env.sim
         self._episode: Episode | None = None
@@ -153,7 +165,7 @@ class TabletopExpert:
             Waypoint(grasp, CLOSE, tol=1.0, hold=CLOSE_STEPS, yaw=yaw,
                      keep=aligned, until=lambda: self._fingers_settled_on(slot)),
             Waypoint(lambda: self._fixed_xy_at(CARRY_Z), CLOSE, tol=0.01, yaw=yaw,
-                     keep=self._in_hand, patience=MISSED_GRASP_STEPS),
+                     keep=self._in_hand, patience=MISSED_GRASP_STEPS, speed=self.lift_speed),
         ]
 
     def _fingers_settled_on(self, slot: str) -> bool:
@@ -232,7 +244,7 @@ class TabletopExpert:
                 self._plan.pop(0)
                 self._held = 0
                 continue
-            return self._command(error, waypoint.grip, waypoint.yaw)
+            return self._command(error, waypoint.grip, waypoint.yaw, waypoint.speed)
 
     def _grasp_missed(self) -> bool:
         """Whether the current waypoint's ``keep`` has failed ``patience`` steps in a row (the

@@ -7,6 +7,7 @@ reads ``info["expert_action"]`` and steps with it.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import gymnasium as gym
@@ -15,8 +16,9 @@ import numpy as np
 EXPERT_ACTION = "expert_action"
 
 
-def make_expert(env: gym.Env) -> Any:
-    """The scripted expert for ``env``'s family (any wrapper depth)."""
+def make_expert(env: gym.Env, **options: Any) -> Any:
+    """The scripted expert for ``env``'s family (any wrapper depth); ``options`` go to its
+    constructor (``TabletopExpert``: ``lift_speed``; ``NavExpert``: none)."""
     from vla_gym.envs.navigation.env import NavEnv
     from vla_gym.envs.tabletop.env import TabletopEnv
     from vla_gym.experts.navigation import NavExpert
@@ -24,10 +26,19 @@ def make_expert(env: gym.Env) -> Any:
 
     base = env.unwrapped
     if isinstance(base, TabletopEnv):
-        return TabletopExpert(base)
-    if isinstance(base, NavEnv):
-        return NavExpert(base)
-    raise ValueError(f"no scripted expert for {type(base).__name__}; expected a vla_gym env")
+        expert_class: type = TabletopExpert
+    elif isinstance(base, NavEnv):
+        expert_class = NavExpert
+    else:
+        raise ValueError(
+            f"no scripted expert for {type(base).__name__}; expected a vla_gym env")
+    try:
+        inspect.signature(expert_class).bind(base, **options)
+    except TypeError:
+        valid = [p for p in inspect.signature(expert_class).parameters if p != "env"]
+        raise ValueError(f"{expert_class.__name__} takes options {valid}, got "
+                         f"{sorted(options)}") from None
+    return expert_class(base, **options)
 
 
 class ExpertActions(gym.Wrapper):

@@ -180,6 +180,7 @@ class Demos:
                     noisy_fraction: float = 0.75, other_targets: bool = False,
                     grounding_scenes: int = 0, grasp_misses: float = 0.0,
                     grip_blips: float = 0.0, relational_grounding: bool = False,
+                    expert_options: dict[str, Any] | None = None,
                     **env_kwargs: Any) -> Demos:
         """Record ``episodes`` expert episodes in memory (episode j from seed + j).
 
@@ -201,7 +202,9 @@ class Demos:
         can name ("the ball left of the plate") is approached once more under such an
         instruction (``_relational_instruction``); the env draws that form for a few objects
         in four, and it is the one cloned policies ground worst (on Pick the extra approaches
-        did not raise its success rate; README, "Demonstrations, behaviour cloning")."""
+        did not raise its success rate; README, "Demonstrations, behaviour cloning").
+        ``expert_options``: the expert's settings (``make_expert``), e.g. ``{"lift_speed":
+        0.1}`` for a deliberately slow demonstrator."""
         import gymnasium as gym
 
         from vla_gym.experts import make_expert
@@ -216,7 +219,11 @@ class Demos:
         if not 0.0 <= grip_blips <= 1.0:
             raise ValueError(f"grip_blips must be a per-step chance in [0, 1], got {grip_blips}")
         env = gym.make(env_id, **env_kwargs)
-        expert = make_expert(env)
+        try:
+            expert = make_expert(env, **dict(expert_options or {}))
+        except ValueError:
+            env.close()
+            raise
         rng = np.random.default_rng(seed)
         noisy = rng.random(episodes) < noisy_fraction
         # Drawn only when asked for, so demos without knocks stay as they were recorded before.

@@ -84,11 +84,13 @@ def _row(batch: dict[str, Any], i: int) -> dict[str, Any]:
 
 def roll_out(env_id: str, env_kwargs: dict[str, Any], policy: Any, bc_policy: Any,
              score: Score, seeds: list[int], noises: list[float], rng: np.random.Generator,
-             num_envs: int = 4, ranks: list[int | None] | None = None) -> list[Episode]:
+             num_envs: int = 4, ranks: list[int | None] | None = None,
+             correlation: float = 0.0) -> list[Episode]:
     """One episode per seed, acting with ``policy`` plus that episode's noise (clipped to the
     action space); ``score`` rates each step's resulting observation. ``ranks``: per
     episode, which of the policy's target candidates steers it (:func:`focus_points`; None:
-    its own choice); the observations then carry the focus (``types.FOCUS``)."""
+    its own choice); the observations then carry the focus (``types.FOCUS``).
+    ``correlation``: the noise's step-to-step correlation (:class:`ActionNoise`)."""
     from gymnasium.vector import AutoresetMode
 
     from vla_gym.vector import make_vec
@@ -105,10 +107,40 @@ def roll_out(env_id: str, env_kwargs: dict[str, Any], policy: Any, bc_policy: An
         try:
             episodes += _roll_chunk(vec, policy, bc_policy, score, chunk,
                                     noises[start:start + num_envs], rng,
-                                    None if ranks is None else ranks[start:start + num_envs])
+                                    None if ranks is None else ranks[start:start + num_envs],
+                                    correlation)
         finally:
             vec.close()
     return episodes
+
+
+class ActionNoise:
+    """Gaussian exploration noise of std ``sigma`` (per episode and action dimension), white
+    when ``correlation`` is 0, else an AR(1) process with that step-to-step correlation and
+    the same std (``n_t = rho n_(t-1) + sqrt(1 - rho^2) e_t``, started from its stationary
+    law). White noise averages out over the dozens of steps a motion lasts, so an episode's
+    return hardly depends on it and ranking episodes selects little of it; correlated noise
+    makes whole motions faster or slower, further one way or the other, which the ranking can
+    then pick (as a cautious demonstrator's slow lift needs)."""
+
+    def __init__(self, sigma: np.ndarray, correlation: float,
+                 rng: np.random.Generator) -> None:
+        if not 0.0 <= correlation < 1.0:
+            raise ValueError(f"noise correlation must be in [0, 1), got {correlation}")
+        self.sigma, self.correlation, self.rng = sigma, float(correlation), rng
+        self._state: np.ndarray | None = None
+
+    def __call__(self, shape: tuple[int, ...]) -> np.ndarray:
+        fresh = self.rng.standard_normal(shape, dtype=np.float32)
+        if self.correlation == 0.0:
+            return self.sigma * fresh
+        if self._state is None:
+            self._state = fresh
+        else:
+            rho = self.correlation
+            self._state = (rho * self._state + np.float32(np.sqrt(1.0 - rho * rho)) * fresh
+                           ).astype(np.float32)
+        return self.sigma * self._state
 
 
 def action_scale(policy: Any) -> np.ndarray:
@@ -163,18 +195,19 @@ class FocusedPolicy:
 
 def _roll_chunk(vec: Any, policy: Any, bc_policy: Any, score: Score, seeds: list[int],
                 noises: list[float], rng: np.random.Generator,
-                ranks: list[int | None] | None) -> list[Episode]:
+                ranks: list[int | None] | None, correlation: float = 0.0) -> list[Episode]:
     space = vec.single_action_space
     obs, _ = vec.reset(seed=list(seeds))
     focus = None if ranks is None else focus_points(policy, obs, ranks)
     running = [_Running() for _ in seeds]
     done = np.zeros(len(seeds), bool)
-    sigma = np.asarray(noises, np.float32)[:, None] * action_scale(policy)
+    noise = ActionNoise(np.asarray(noises, np.float32)[:, None] * action_scale(policy),
+                        correlation, rng)
     while not done.all():
         inputs = obs if focus is None else {**obs, FOCUS: focus}
         mean = policy.predict(inputs)
         reference = mean if bc_policy is policy else bc_policy.predict(inputs)
-        actions = mean + sigma * rng.standard_normal(mean.shape, dtype=np.float32)
+        actions = mean + noise(mean.shape)
         actions = np.clip(actions, space.low, space.high).astype(np.float32)
         before = inputs
         obs, true_reward, terminated, truncated, info = vec.step(actions)
@@ -356,7 +389,8 @@ class RankedFineTuning:
         noises = [levels[i % len(levels)] for i in range(len(seeds))]
         self.policy.eval()
         episodes = roll_out(self.env_id, self.env_kwargs, self.policy, self.bc, score, seeds,
-                            noises, self.rng, self.rl.n_envs, ranks)
+                            noises, self.rng, self.rl.n_envs, ranks,
+                            self.rl.rft_noise_correlation)
         self.num_timesteps += sum(len(e.actions) for e in episodes)
         kept = top_episodes(best_per_scene(episodes, seeds), self.rl.rft_keep)
         if self.rl.rft_hindsight:

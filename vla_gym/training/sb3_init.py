@@ -215,6 +215,8 @@ class RLConfig:
     # kept (by learned return), gradient steps per call and their learning rate; batch_size,
     # n_envs (rollout envs), bc_weight (the anchor, here a loss weight) are shared.
     rft_noise: tuple[float, ...] = (0.0, 0.1, 0.2)
+    # RFT: the noise's step-to-step correlation (``rft.ActionNoise``; 0 = white)
+    rft_noise_correlation: float = 0.0
     rft_keep: float = 0.3
     rft_updates: int = 300
     rft_lr: float = 1e-4
@@ -243,6 +245,9 @@ class RLConfig:
                              f"{self.critic_trunk!r}")
         if not 0 < self.rft_keep <= 1:
             raise ValueError(f"RLConfig.rft_keep must be in (0, 1], got {self.rft_keep}")
+        if not 0.0 <= self.rft_noise_correlation < 1.0:
+            raise ValueError(f"RLConfig.rft_noise_correlation must be in [0, 1), got "
+                             f"{self.rft_noise_correlation}")
         if not self.rft_noise or min(self.rft_noise) < 0:
             raise ValueError(f"RLConfig.rft_noise needs levels >= 0, got {self.rft_noise}")
         if self.rft_shift < 0:
