@@ -234,7 +234,15 @@ def diverged_since(data: mujoco.MjData, count_before: int) -> bool:
     """
     if divergence_count(data) > count_before:
         return True
-    return not (np.isfinite(data.qpos).all() and np.isfinite(data.qvel).all())
+    return not (_all_finite(data.qpos) and _all_finite(data.qvel))
+
+
+def _all_finite(vector: np.ndarray) -> bool:
+    """Whether every element is finite: a dot product with itself is finite when they are (one
+    cheap call a step); only when it is not (NaN, inf, or huge values whose squares overflow)
+    is each element checked. After a physics step the squares cannot overflow: MuJoCo counts
+    a bad-state warning (checked first) for any qpos or qvel beyond 1e10 (``mjMAXVAL``)."""
+    return math.isfinite(vector @ vector) or bool(np.isfinite(vector).all())
 
 
 def step_physics(model: mujoco.MjModel, data: mujoco.MjData, substeps: int) -> bool:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import mujoco
 import numpy as np
 
-from vla_gym.envs.base import clip_into, geoms_touch_body
+from vla_gym.envs.base import clip_into
 from vla_gym.types import ARM_EE_DELTA, ARM_STATE_FIELDS
 
 # Gripper pointing straight down with the fingers closing along world y (rotation pi about y).
@@ -105,7 +105,7 @@ class ArmRobot:
         self._site = model.site(cfg.site_name).id
         pads = tuple(model.geom(n).id for n in cfg.finger_pad_names)
         self._pads: tuple[int, int] = (int(pads[0]), int(pads[1]))
-        self._pad_masks = [np.arange(model.ngeom) == pad for pad in self._pads]
+        self._geom_body = model.geom_bodyid.copy()
         self._geoms = _subtree_geoms(model, model.body(cfg.root_body_name).id)
         self._jacp = np.zeros((3, model.nv))
         self._jacr = np.zeros((3, model.nv))
@@ -266,9 +266,16 @@ class ArmRobot:
         return abs(self.gripper_velocity(data))
 
     def is_grasping(self, data: mujoco.MjData, body_id: int) -> bool:
-        """True when both finger pads touch geoms of ``body_id``."""
-        model = self._require_model()
-        return all(geoms_touch_body(model, data, mask, body_id) for mask in self._pad_masks)
+        """True when both finger pads touch geoms of ``body_id``. One pass over the contacts
+        for both pads (rewards and success ask every step): the geoms paired with the body's,
+        then whether both pads are among them."""
+        self._require_model()
+        if data.ncon == 0:
+            return False
+        geoms = data.contact.geom[: data.ncon]
+        on_body = self._geom_body[geoms] == body_id
+        partners = set(geoms[:, ::-1][on_body].tolist())  # each pair's other geom
+        return self._pads[0] in partners and self._pads[1] in partners
 
     def _require_model(self) -> mujoco.MjModel:
         if self._model is None:
