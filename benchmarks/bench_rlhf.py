@@ -17,6 +17,11 @@ label-efficiency curve is success against labels, one RLHF run per budget.
 
 Without ``--bc``, ``--demos N`` first trains a quick BC policy (``small`` preset) on N expert
 demos, for trying the benchmark out.
+
+A weak start whose failures exploration can reach: BC from a slow demonstrator,
+``bench_bc.py --env vla_gym/TabletopPick-v0 ... --expert-lift-speed 0.08`` (33.3% on the 60
+scenes; most failures run out of time lifting the named object). Figures from it, and from the
+starts that fail by going for the wrong object, in the README (RL from preferences).
 """
 
 from __future__ import annotations

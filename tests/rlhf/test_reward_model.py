@@ -106,3 +106,21 @@ def test_training_on_a_subset_of_each_segments_steps_runs(tmp_path):
     prefs = Preferences(segments, np.arange(4), np.arange(4, 8), np.zeros(4, np.float32))
     result = train_reward_model(prefs, tiny_reward_config(steps=3, frames_per_segment=2))
     assert math.isfinite(result.metrics["final_train_loss"])
+
+
+def test_a_state_only_reward_model_learns_from_the_state_alone(labelled, pick_segments,
+                                                               tmp_path):
+    result = train_reward_model(load_preferences([labelled]),
+                                tiny_reward_config(inputs="state", steps=400))
+    assert result.metrics["held_out_accuracy"] >= 0.75, result.metrics
+    model = result.model
+    obs = pick_segments.batch(np.array([0, 1]))
+    rewards = model.predict(obs)
+    # images and instruction are not read: other pixels and words, the same rewards
+    blank = {**obs, "image": np.zeros_like(obs["image"]),
+             "instruction": ["pick up the green ball"] * len(rewards)}
+    np.testing.assert_array_equal(model.predict(blank), rewards)
+    loaded = RewardEnsemble.load(model.save(tmp_path / "rm"))
+    np.testing.assert_allclose(loaded.predict(obs), rewards, atol=1e-6)
+    with pytest.raises(ValueError, match=r"inputs must be one of \('all', 'state'\)"):
+        tiny_reward_config(inputs="image")
