@@ -213,6 +213,10 @@ def train_bc_command(
                   f"; policy in {result.policy_dir}")
 
 
+REWARD_INPUTS_HELP = ("What the reward model reads: all (image + instruction + state) | state "
+                      "(the robot's state alone: ranks whole Pick episodes better).")
+
+
 @train_app.command("reward")
 def train_reward_command(
     queries: list[Path] = typer.Option(..., "--queries", help="Query set directory (repeatable)."),
@@ -221,6 +225,7 @@ def train_reward_command(
     env: str | None = typer.Option(None, "--env", help="Refuse query sets of any other env."),
     members: int = typer.Option(3, "--members", min=1, help="Ensemble size."),
     steps: int = typer.Option(300, "--steps", min=1, help="Optimiser steps per member."),
+    inputs: str = typer.Option("all", "--inputs", help=REWARD_INPUTS_HELP),
     seed: int = typer.Option(0, "--seed"),
     json_path: Path | None = typer.Option(None, "--json", help="Write the figures here."),
 ):
@@ -228,8 +233,8 @@ def train_reward_command(
     from vla_gym.training.query_files import QueryFileError
     from vla_gym.training.reward_model import RewardModelConfig, train_reward_run
 
-    config = RewardModelConfig(members=members, steps=steps, seed=seed)
     try:
+        config = RewardModelConfig(members=members, steps=steps, inputs=inputs, seed=seed)
         metrics = train_reward_run([(q, db) for q in queries], out, config, env_id=env,
                                    log=console.print)
     except (QueryFileError, ValueError) as exc:
@@ -262,6 +267,9 @@ def train_rlhf_command(
     selection: str = typer.Option("disagreement", "--selection", help="disagreement | random"),
     true_reward: bool = typer.Option(False, "--true-reward",
                                      help="RL on the env's reward, no labels (upper anchor)."),
+    reward_inputs: str = typer.Option("all", "--reward-inputs", help=REWARD_INPUTS_HELP),
+    lr: float | None = typer.Option(None, "--lr", min=0.0,
+                                    help="RL learning rate (default: RLConfig's)."),
     eval_episodes: int = typer.Option(50, "--eval-episodes", min=1),
     clips: bool = typer.Option(False, "--clips", help="Write an MP4 per queried segment."),
     queries: list[Path] | None = typer.Option(None, "--queries",
@@ -282,13 +290,16 @@ def train_rlhf_command(
     if queries and db is None:
         raise typer.BadParameter("--queries needs --db (the labels of those queries)")
     try:
+        rl = dataclasses.replace(RLConfig(), algo=algo, seed=seed, rft_explore=rft_explore,
+                                 rft_noise_correlation=rft_noise_correlation)
+        if lr is not None:
+            rl = dataclasses.replace(rl, lr=lr)
+        reward = dataclasses.replace(RLHFConfig(env_id=env).reward, inputs=reward_inputs)
         config = RLHFConfig(env_id=env, labels=labels, iterations=iterations, rl_steps=steps,
                             selection=selection, true_reward=true_reward, clips=clips,
                             eval_episodes=eval_episodes, seed=seed,
-                            oracle=OracleConfig(flip=oracle_noise, seed=seed),
-                            rl=dataclasses.replace(RLConfig(), algo=algo, seed=seed,
-                                                   rft_explore=rft_explore,
-                                                   rft_noise_correlation=rft_noise_correlation))
+                            oracle=OracleConfig(flip=oracle_noise, seed=seed), reward=reward,
+                            rl=rl)
         metrics = run_rlhf(config, bc, out, [(q, db) for q in queries or []] if db else None,
                            log=console.print)
     except (QueryFileError, ValueError, FileNotFoundError) as exc:

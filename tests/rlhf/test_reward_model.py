@@ -91,6 +91,22 @@ def test_train_reward_cli_writes_the_model_and_refuses_another_envs_queries(labe
     assert "TabletopPick-v0" in result.output and "TabletopPush-v0" in result.output
 
 
+def test_train_reward_cli_fits_a_state_only_model_and_refuses_unknown_inputs(labelled,
+                                                                             tmp_path):
+    queries, db = labelled
+    runner = CliRunner()
+    base = ["train", "reward", "--queries", str(queries), "--db", str(db), "--members", "1",
+            "--steps", "3"]
+    result = runner.invoke(app, [*base, "--out", str(tmp_path / "run"), "--inputs", "state"])
+    assert result.exit_code == 0, result.output
+    model = RewardEnsemble.load(tmp_path / "run" / "reward_model")
+    assert model.config.inputs == "state" and model.member(0).trunk is None
+    result = runner.invoke(app, [*base, "--out", str(tmp_path / "run2"), "--inputs", "pixels"])
+    assert result.exit_code == 2
+    assert "inputs" in result.output and "'state'" in result.output
+    assert not (tmp_path / "run2").exists()
+
+
 def test_unlabelled_queries_are_refused_clearly(tmp_path):
     segments = synthetic_segments(n=6)
     write_query_set(tmp_path / "q", segments, random_pairs(segments, 2,

@@ -226,9 +226,12 @@ def test_train_rlhf_cli_runs_the_loop_and_writes_json(tiny_bc, tmp_path, monkeyp
     result = CliRunner().invoke(_app(), [
         "train", "rlhf", "--bc", str(tiny_bc), "--env", PICK, "--out", str(tmp_path / "run"),
         "--labels", "10", "--oracle-noise", "0.1", "--steps", "64", "--clips",
-        "--json", str(out)])
+        "--reward-inputs", "state", "--lr", "1e-4", "--json", str(out)])
     assert result.exit_code == 0, result.output
     assert seen["config"].oracle.flip == 0.1 and seen["config"].labels == 10
+    assert seen["config"].reward.inputs == "state" and seen["config"].rl.lr == 1e-4
+    # the loop's other reward-model settings stay as RLHFConfig has them
+    assert seen["config"].reward.frames_per_segment == RLHFConfig(PICK).reward.frames_per_segment
     assert json.loads(out.read_text())["final"]["labels"] == 10
     queries = read_query_set(tmp_path / "run" / "iter_0" / "queries", env_id=PICK)
     assert queries.manifest.meta["clips"] and len(queries.manifest.queries) == 10
@@ -236,6 +239,10 @@ def test_train_rlhf_cli_runs_the_loop_and_writes_json(tiny_bc, tmp_path, monkeyp
         "train", "rlhf", "--bc", str(tiny_bc), "--env", PICK, "--out", str(tmp_path / "r2"),
         "--algo", "a2c"])
     assert result.exit_code == 2 and "algo" in result.output
+    result = CliRunner().invoke(_app(), [
+        "train", "rlhf", "--bc", str(tiny_bc), "--env", PICK, "--out", str(tmp_path / "r3"),
+        "--reward-inputs", "pixels"])
+    assert result.exit_code == 2 and "inputs" in result.output
 
 
 def _app():
