@@ -214,7 +214,7 @@ def train_bc_command(
 
 
 REWARD_INPUTS_HELP = ("What the reward model reads: all (image + instruction + state) | state "
-                      "(the robot's state alone: ranks whole Pick episodes better).")
+                      "(the robot's state alone, an ablation).")
 
 
 @train_app.command("reward")

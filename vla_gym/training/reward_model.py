@@ -58,10 +58,10 @@ class RewardModelConfig:
     bootstrap: bool = True  # each member trains on a resample of the training pairs
     shift: int = 2  # pixels of random-shift augmentation
     # What a member reads: "all" (image + instruction + state through the trunk) or "state"
-    # (the state alone, an MLP). A state-only model cannot tell which object is held, but
-    # from 1 000 labels it ranks whole Pick episodes far better (benchmarks/
-    # bench_reward_ranking.py: Spearman 0.74 against 0.48 with the true return; README, RL
-    # from preferences)
+    # (the state alone, an MLP: an ablation). A state-only model cannot tell which object is
+    # held; from 1 000 labels it ranks whole Pick episodes better offline (benchmarks/
+    # bench_reward_ranking.py: Spearman 0.74 against 0.48), yet RL from it gained less than
+    # from the full model (README, RL from preferences)
     inputs: str = "all"
     seed: int = 0
 
