@@ -36,6 +36,7 @@ import vla_gym  # noqa: F401  (registers the env ids)
 from vla_gym.evaluation import resolve_policy_dir
 from vla_gym.jsonfile import write_json
 from vla_gym.policies import BatchPolicyAdapter, VLAPolicy
+from vla_gym.training.label_store import LEFT_PREFERENCE
 from vla_gym.training.preferences import (
     Oracle,
     OracleConfig,
@@ -75,8 +76,7 @@ def oracle_preferences(segments: SegmentSet, labels: int, seed: int) -> Preferen
     rng = np.random.default_rng(seed)
     oracle = Oracle(OracleConfig(seed=seed))
     pairs = random_pairs(segments, labels, rng)
-    p_left = {"left": 1.0, "right": 0.0, "equal": 0.5}
-    probs = [p_left[oracle.choose(oracle.value(segments, a), oracle.value(segments, b),
+    probs = [LEFT_PREFERENCE[oracle.choose(oracle.value(segments, a), oracle.value(segments, b),
                                   segments.segment_length)] for a, b in pairs]
     left, right = (np.array(side) for side in zip(*pairs, strict=True))
     return Preferences(segments, left, right, np.array(probs, np.float32))

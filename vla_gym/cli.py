@@ -291,9 +291,8 @@ def train_rlhf_command(
         raise typer.BadParameter("--queries needs --db (the labels of those queries)")
     try:
         rl = dataclasses.replace(RLConfig(), algo=algo, seed=seed, rft_explore=rft_explore,
-                                 rft_noise_correlation=rft_noise_correlation)
-        if lr is not None:
-            rl = dataclasses.replace(rl, lr=lr)
+                                 rft_noise_correlation=rft_noise_correlation,
+                                 **({} if lr is None else {"lr": lr}))
         reward = dataclasses.replace(RLHFConfig(env_id=env).reward, inputs=reward_inputs)
         config = RLHFConfig(env_id=env, labels=labels, iterations=iterations, rl_steps=steps,
                             selection=selection, true_reward=true_reward, clips=clips,
