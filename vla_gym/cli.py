@@ -82,7 +82,7 @@ def rollout(
         console.print(f"wrote {json_path}")
 
 
-train_app = typer.Typer(no_args_is_help=True, help="Train policies: bc, reward, rlhf.")
+train_app = typer.Typer(no_args_is_help=True, help="Train policies: bc, map-planner, reward, rlhf.")
 app.add_typer(train_app, name="train")
 
 
@@ -211,6 +211,48 @@ def train_bc_command(
     console.print(f"trained {result.steps} steps in {result.train_seconds:.0f} s, final loss "
                   f"{result.final_loss:.4f}, success {last.get('success_rate', float('nan')):.1%}"
                   f"; policy in {result.policy_dir}")
+
+
+@train_app.command("map-planner")
+def train_map_planner_command(
+    out: Path = typer.Option(..., "--out", help="Run directory (policy/, metrics.json)."),
+    env: str = typer.Option("vla_gym/NavGoTo-v0", "--env", help="A navigation env id."),
+    demos: int = typer.Option(200, "--demos", min=1, help="Expert episodes to record."),
+    grounding_scenes: int = typer.Option(
+        800, "--grounding-scenes", min=0,
+        help="Further scenes' first frames, instructed to a random landmark: perception only."),
+    time_budget: float = typer.Option(860.0, "--time-budget", min=1,
+                                      help="Seconds of training, both stages."),
+    head_seconds: float = typer.Option(
+        150.0, "--head-seconds", min=0, help="Of the budget, kept for the controller stage."),
+    head_steps: int = typer.Option(5000, "--head-steps", min=1,
+                                   help="Optimiser steps of the controller."),
+    seed: int = typer.Option(0, "--seed"),
+    json_path: Path | None = typer.Option(None, "--json", help="Write the figures here."),
+):
+    """Navigation: record expert demos with the overhead camera and train the map-and-plan
+    policy (learned maps, the env's grid planner, a cloned controller)."""
+    from gymnasium.error import Error as GymError
+
+    from vla_gym.training.map_planner import MapDemos, MapPlannerTraining, train_map_planner
+
+    try:
+        settings = MapPlannerTraining(time_budget=time_budget, head_seconds=head_seconds,
+                                      head_steps=head_steps, seed=seed)
+        if time_budget <= head_seconds:
+            raise ValueError(f"--time-budget ({time_budget:g} s) must exceed --head-seconds "
+                             f"({head_seconds:g} s)")
+        recorded = MapDemos.from_expert(env, demos, grounding_scenes=grounding_scenes)
+    except (ValueError, GymError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(code=2) from None
+    policy, metrics = train_map_planner(recorded, settings, log=console.print)
+    policy_dir = policy.save_pretrained(out / "policy")
+    metrics = {"env_id": env, "demos": demos, "grounding_scenes": grounding_scenes, **metrics}
+    write_json(out / "metrics.json", metrics)
+    console.print(f"trained {metrics['perception_steps']} perception steps and the controller "
+                  f"in {metrics['train_seconds']:.0f} s; policy in {policy_dir}")
+    _write_json(json_path, metrics)
 
 
 REWARD_INPUTS_HELP = ("What the reward model reads: all (image + instruction + state) | state "

@@ -128,7 +128,8 @@ def _load(policy: str | Path | BatchPolicy) -> BatchPolicy:
 def _figures(summary: Any) -> dict[str, Any]:
     data = asdict(summary)
     keep = ("episodes", "success_rate", "success_ci95", "per_task", "mean_return",
-            "mean_length", "mean_jerk", "mean_final_distance", "steps_per_second")
+            "mean_length", "mean_jerk", "mean_final_distance", "steps_per_second",
+            "episode_success")
     out = {k: data[k] for k in keep}
     out["success_ci95"] = list(out["success_ci95"])
     return out

@@ -35,14 +35,21 @@ class BatchPolicyAdapter:
 
 
 def load_batch_policy(path: str | Path, *, int8: bool = False,
-                      device: str = "cpu") -> BatchPolicyAdapter:
-    """Load the checkpoint directory ``path`` (``VLAPolicy.save_pretrained``) for rollouts.
+                      device: str = "cpu") -> Any:
+    """Load the checkpoint directory ``path`` (``VLAPolicy.save_pretrained``) for rollouts: a
+    ``BatchPolicyAdapter``, or the ``MapPlannerPolicy`` itself where ``path`` holds one.
 
     ``int8=True`` runs the dynamically quantised copy (CPU only). Raises
     :class:`~vla_gym.policies.checkpoint.CheckpointError` for a bad checkpoint.
     """
+    from vla_gym.policies.map_planner import MapPlannerPolicy, is_map_planner_checkpoint
     from vla_gym.policies.policy import VLAPolicy
 
+    if is_map_planner_checkpoint(path):
+        if int8 or device != "cpu":
+            raise ValueError(f"{path} holds a MapPlannerPolicy, which runs in float32 on the "
+                             "CPU only (its planner is numpy); drop int8/device")
+        return MapPlannerPolicy.from_pretrained(path)  # already a batch callable
     policy = VLAPolicy.from_pretrained(path).to(device)
     if int8:
         from vla_gym.policies.inference import quantize_int8
