@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--grounding-scenes", type=int, default=800)
     parser.add_argument("--noise", type=float, default=0.3, help="DART noise on 3 in 4 demos")
     parser.add_argument("--time-budget", type=float, default=860.0)
-    parser.add_argument("--head-seconds", type=float, default=150.0)
+    parser.add_argument("--head-seconds", type=float, default=180.0)
     parser.add_argument("--eval-episodes", type=int, default=60)
     parser.add_argument("--num-envs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)

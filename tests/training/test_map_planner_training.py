@@ -47,9 +47,14 @@ def test_demos_hold_what_perception_learns_from(demos):
     np.testing.assert_allclose(demos.targets[0], info["target_pos_world"][:2], atol=1e-6)
     np.testing.assert_array_equal(demos.blocked[0], env.unwrapped.grid.blocked)
     env.close()
-    # grounding frames name a landmark of their own scene, where the labels put it
-    for row in range(len(demo_rows), len(demos)):
-        assert demos.instructions[row]
+    # each grounding scene's first frame comes once per landmark, each time instructed to it
+    grounding = np.arange(len(demo_rows), len(demos))
+    for scene in np.unique(demos.episode[grounding]):
+        rows = grounding[demos.episode[grounding] == scene]
+        assert len(rows) >= 2
+        assert len({tuple(demos.targets[r]) for r in rows}) == len(rows)
+        assert len({demos.instructions[r] for r in rows}) == len(rows)
+        assert all((demos.images[r] == demos.images[rows[0]]).all() for r in rows)
 
 
 def test_demos_refuse_envs_without_the_overhead_map():

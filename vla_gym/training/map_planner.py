@@ -66,9 +66,10 @@ class MapDemos:
                     noise: float = 0.3, noisy_fraction: float = 0.75,
                     grounding_scenes: int = 0, **env_kwargs: Any) -> MapDemos:
         """``episodes`` expert episodes (episode j from seed + j; DART noise of std ``noise``
-        executed in ``noisy_fraction`` of them, the clean action recorded) and
-        ``grounding_scenes`` first frames of further scenes (seeds ``GROUNDING_SEEDS + seed +
-        j``) instructed to a landmark drawn at random."""
+        executed in ``noisy_fraction`` of them, the clean action recorded) and the first
+        frames of ``grounding_scenes`` further scenes (seeds ``GROUNDING_SEEDS + seed + j``),
+        one per reachable landmark, instructed to it: the same image under several
+        instructions is what teaches the target map to read the instruction."""
         import gymnasium as gym
 
         from vla_gym.experts import make_expert
@@ -121,14 +122,13 @@ class MapDemos:
             for j in range(grounding_scenes):
                 scene = GROUNDING_SEEDS + seed + j
                 env.reset(seed=scene)
-                names = [o.name for o in base.world.landmarks]
-                try:
-                    obs, _ = env.reset(seed=scene, options={
-                        "target": names[int(rng.integers(len(names)))]})
-                except ValueError:  # that landmark cannot be reached in this world
-                    continue
                 blocked.append(base.grid.blocked.copy())
-                keep(obs, np.full(2, np.nan, np.float32), len(blocked) - 1)
+                for name in [o.name for o in base.world.landmarks]:
+                    try:
+                        obs, _ = env.reset(seed=scene, options={"target": name})
+                    except ValueError:  # that landmark cannot be reached in this world
+                        continue
+                    keep(obs, np.full(2, np.nan, np.float32), len(blocked) - 1)
         finally:
             env.close()
         grid = base.grid
@@ -144,7 +144,7 @@ class MapPlannerTraining:
     """Budget and settings of ``train_map_planner``."""
 
     time_budget: float = 860.0  # s for both stages together
-    head_seconds: float = 150.0  # of the budget kept for the head stage (features + fit)
+    head_seconds: float = 180.0  # of the budget kept for the head stage (features + fit)
     head_frame_stride: int = 3  # the head fits every this-many-th demo frame (neighbours
     # nearly repeat each other, and each frame's features cost a perception pass and a plan)
     grounding_share: float = 0.5  # of each perception batch drawn from grounding frames
