@@ -87,6 +87,8 @@ def main() -> None:
     parser.add_argument("--demos", type=int, default=200)
     parser.add_argument("--grounding-scenes", type=int, default=800)
     parser.add_argument("--noise", type=float, default=0.3, help="DART noise on 3 in 4 demos")
+    parser.add_argument("--stop-distance", type=float, default=None,
+                        help="m: where the expert stops short of the target (default 0.65)")
     parser.add_argument("--time-budget", type=float, default=860.0)
     parser.add_argument("--head-seconds", type=float, default=180.0)
     parser.add_argument("--eval-episodes", type=int, default=60)
@@ -99,8 +101,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     started = time.perf_counter()
+    options = {} if args.stop_distance is None else {"stop_distance": args.stop_distance}
     demos = MapDemos.from_expert(args.env, args.demos, noise=args.noise,
-                                 grounding_scenes=args.grounding_scenes)
+                                 grounding_scenes=args.grounding_scenes, expert_options=options)
     collect_s = time.perf_counter() - started
     print(f"collected {len(demos)} frames ({len(demos.demo_rows)} from {args.demos} demos) "
           f"in {collect_s:.0f} s", flush=True)
@@ -125,6 +128,7 @@ def main() -> None:
           f"{success[found].sum()}/{found.sum()}; elsewhere {success[~found].sum()}/"
           f"{(~found).sum()}", flush=True)
     result = {"env_id": args.env, "demos": args.demos, "grounding_scenes": args.grounding_scenes,
+              "stop_distance": args.stop_distance,
               "seed": args.seed, "collect_seconds": collect_s, "training": training,
               "perception": perception, "evaluation": report}
     if args.json is not None:

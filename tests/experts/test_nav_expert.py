@@ -53,3 +53,26 @@ def test_expert_wrapper_and_factory_serve_nav_envs():
         assert action.shape == (2,) and np.all(np.abs(action) <= 1.0)
         obs, _, _, _, info = env.step(action)
     env.close()
+
+
+def test_stop_distance_brings_the_base_closer_and_is_checked():
+    """A closer stop (for policies whose perception eats the default 15 cm margin) still
+    succeeds, and ends nearer the target than the default stop."""
+    env = gym.make("vla_gym/NavGoTo-v0", obs_mode="state")
+    with pytest.raises(ValueError, match="stop_distance must lie between"):
+        make_expert(env, stop_distance=0.3)
+    finals = {}
+    for stop in (None, 0.6):
+        expert = make_expert(env) if stop is None else make_expert(env, stop_distance=stop)
+        ends = []
+        for seed in range(1000, 1006):
+            obs, info = env.reset(seed=seed)
+            done = False
+            while not done:
+                obs, _, terminated, truncated, info = env.step(expert.act(obs))
+                done = terminated or truncated
+            assert info["is_success"], (stop, seed)
+            ends.append(info["distance"])
+        finals[stop] = np.mean(ends)
+    env.close()
+    assert finals[0.6] < finals[None] - 0.03, finals

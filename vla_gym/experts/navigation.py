@@ -15,7 +15,7 @@ import numpy as np
 
 from vla_gym.envs.navigation.env import GOAL_RADIUS, NavEnv
 from vla_gym.envs.navigation.grid import clearance_cost, distance_field, downhill_path, goal_cells
-from vla_gym.envs.navigation.task import FACING_TOLERANCE
+from vla_gym.envs.navigation.task import FACING_TOLERANCE, SUCCESS_RADIUS
 from vla_gym.envs.robots.diff_drive import wrap_angle
 
 LOOKAHEAD_CELLS = 4  # 0.4 m along the path
@@ -30,8 +30,17 @@ BACKOFF_STEPS = 8
 class NavExpert:
     """``act(obs) -> action``; call ``reset()`` at episode start (also detected automatically)."""
 
-    def __init__(self, env: NavEnv) -> None:
+    def __init__(self, env: NavEnv, stop_distance: float = GOAL_RADIUS + 0.05) -> None:
+        """``stop_distance`` (m from the target's centre) is where the base stops and turns to
+        face it; the plan aims 5 cm inside it. The default leaves 15 cm to the success radius;
+        demos for a policy whose perception errs by more can ask for a closer stop."""
+        if not 0.4 < stop_distance < SUCCESS_RADIUS:
+            raise ValueError(f"stop_distance must lie between 0.4 m (the landmark's blocked "
+                             f"footprint) and the success radius {SUCCESS_RADIUS} m, got "
+                             f"{stop_distance}")
         self.env = env
+        self.stop_distance = float(stop_distance)
+        self.goal_radius = self.stop_distance - 0.05
         self._episode: Any = None
         self._plan: np.ndarray | None = None
         self._touching = 0
@@ -43,7 +52,7 @@ class NavExpert:
         self._episode = env.episode
         self._touching = self._backoff = 0
         if env.grid is not None and env.episode is not None:
-            goal = goal_cells(env.grid, env.episode.target.xy, GOAL_RADIUS)
+            goal = goal_cells(env.grid, env.episode.target.xy, self.goal_radius)
             self._plan = distance_field(env.grid, goal, clearance_cost(env.grid))
 
     def act(self, obs: Any = None) -> np.ndarray:
@@ -54,7 +63,7 @@ class NavExpert:
         if self._recovering():
             return np.array([-0.5, 0.8], np.float32)
         target = env.episode.target.xy
-        if math.hypot(target[0] - x, target[1] - y) <= GOAL_RADIUS + 0.05:
+        if math.hypot(target[0] - x, target[1] - y) <= self.stop_distance:
             return self._face(target, x, y, yaw)
         assert env.grid is not None and self._plan is not None
         path = downhill_path(env.grid, self._plan, x, y, LOOKAHEAD_CELLS)

@@ -51,6 +51,7 @@ class MapDemos:
     targets: np.ndarray  # (N, 2) the instructed landmark's world x, y
     blocked: np.ndarray  # (episodes, n, n) bool
     arena: tuple[float, float] = (2.5, 0.1)  # half size (m), resolution (m per cell)
+    goal_radius: float = 0.6  # m: the expert's plan aimed this close to the target
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -64,12 +65,14 @@ class MapDemos:
     @classmethod
     def from_expert(cls, env_id: str, episodes: int, seed: int = TRAIN_SEEDS,
                     noise: float = 0.3, noisy_fraction: float = 0.75,
-                    grounding_scenes: int = 0, **env_kwargs: Any) -> MapDemos:
+                    grounding_scenes: int = 0, expert_options: dict[str, Any] | None = None,
+                    **env_kwargs: Any) -> MapDemos:
         """``episodes`` expert episodes (episode j from seed + j; DART noise of std ``noise``
         executed in ``noisy_fraction`` of them, the clean action recorded) and the first
         frames of ``grounding_scenes`` further scenes (seeds ``GROUNDING_SEEDS + seed + j``),
         one per reachable landmark, instructed to it: the same image under several
-        instructions is what teaches the target map to read the instruction."""
+        instructions is what teaches the target map to read the instruction.
+        ``expert_options`` go to ``make_expert`` (e.g. ``{"stop_distance": 0.55}``)."""
         import gymnasium as gym
 
         from vla_gym.experts import make_expert
@@ -89,7 +92,11 @@ class MapDemos:
         if not hasattr(base, "grid") or "top" not in getattr(base, "cameras", ()):
             env.close()
             raise ValueError(f"{needs} is not one")
-        expert = make_expert(env)
+        try:
+            expert = make_expert(env, **dict(expert_options or {}))
+        except ValueError:
+            env.close()
+            raise
         rng = np.random.default_rng(seed)
         rows: dict[str, list] = {k: [] for k in ("images", "instructions", "states", "actions",
                                                  "episode", "poses", "targets")}
@@ -136,7 +143,8 @@ class MapDemos:
                    rows["instructions"], np.asarray(rows["states"], np.float32),
                    np.asarray(rows["actions"], np.float32), np.asarray(rows["episode"]),
                    np.asarray(rows["poses"], np.float32), np.asarray(rows["targets"], np.float32),
-                   np.asarray(blocked), (-float(grid.origin), float(grid.resolution)))
+                   np.asarray(blocked), (-float(grid.origin), float(grid.resolution)),
+                   float(expert.goal_radius))
 
 
 @dataclass
@@ -162,10 +170,11 @@ class MapPlannerTraining:
 
 
 def config_for(demos: MapDemos, **changes: Any) -> MapPlannerConfig:
-    """A config whose vocabulary is the demos' instructions' words and whose camera and
-    planning grid are the demos' env's."""
+    """A config whose vocabulary is the demos' instructions' words, whose camera and planning
+    grid are the demos' env's, and whose planner aims where the demos' expert aimed."""
     vocabulary = sorted({w for text in set(demos.instructions) for w in words(text)})
     half, resolution = demos.arena
+    changes = {"goal_radius": demos.goal_radius, **changes}
     return MapPlannerConfig(vocabulary=vocabulary, camera=demos.camera, arena_half=half,
                             resolution=resolution, **changes)
 
