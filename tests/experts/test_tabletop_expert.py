@@ -171,5 +171,5 @@ def test_expert_options_are_checked_by_name_and_range():
         with pytest.raises(ValueError, match="lift_speed must be a number in"):
             make_expert(env, lift_speed=bad)
     nav = gym.make("vla_gym/NavGoTo-v0", obs_mode="state")
-    with pytest.raises(ValueError, match=r"NavExpert takes options \[\]"):
+    with pytest.raises(ValueError, match=r"NavExpert takes options \['stop_distance'\]"):
         make_expert(nav, lift_speed=0.5)

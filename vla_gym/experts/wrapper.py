@@ -18,7 +18,7 @@ EXPERT_ACTION = "expert_action"
 
 def make_expert(env: gym.Env, **options: Any) -> Any:
     """The scripted expert for ``env``'s family (any wrapper depth); ``options`` go to its
-    constructor (``TabletopExpert``: ``lift_speed``; ``NavExpert``: none)."""
+    constructor (``TabletopExpert``: ``lift_speed``; ``NavExpert``: ``stop_distance``)."""
     from vla_gym.envs.navigation.env import NavEnv
     from vla_gym.envs.tabletop.env import TabletopEnv
     from vla_gym.experts.navigation import NavExpert
