@@ -239,7 +239,8 @@ def train_map_planner_command(
     try:
         settings = MapPlannerTraining(time_budget=time_budget, head_seconds=head_seconds,
                                       head_steps=head_steps, seed=seed)
-        if time_budget <= head_seconds:
+        if time_budget <= head_seconds:  # train_map_planner refuses it too; say so before
+            # minutes of recording, in the options' own names
             raise ValueError(f"--time-budget ({time_budget:g} s) must exceed --head-seconds "
                              f"({head_seconds:g} s)")
         recorded = MapDemos.from_expert(env, demos, grounding_scenes=grounding_scenes)

@@ -39,7 +39,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +92,9 @@ class MapPlannerConfig:
     head_hidden: int = 256
     action_dim: int = 2
     state_velocities: tuple[int, int] = (3, 4)  # indices of v and omega in the state
-    cameras: tuple[str, ...] = ("main", "top")  # what the env must render for this policy
-    extra_views: tuple[str, ...] = field(default=(TOP_VIEW,))
+    # What the env must render for this policy (the rollout runner reads both).
+    cameras = ("main", "top")
+    extra_views = (TOP_VIEW,)
 
     @property
     def cells(self) -> int:
@@ -110,7 +111,7 @@ class MapPlannerConfig:
         if unknown:
             raise ValueError(f"unknown MapPlannerConfig field(s) {unknown}; valid: "
                              f"{sorted(known)}")
-        for key in ("state_velocities", "state_odometry", "cameras", "extra_views"):
+        for key in ("state_velocities", "state_odometry"):
             if key in data:
                 data[key] = tuple(data[key])
         config = cls(**data)
@@ -268,12 +269,12 @@ def route_features(perceived: Perceived, state: np.ndarray, config: MapPlannerCo
                    ) -> np.ndarray:
     """``FEATURES`` for one frame: plan on the perceived map, then express the look-ahead
     point and the target in the base's frame."""
-    grid = OccupancyGrid(perceived.blocked.copy(), -config.arena_half, config.resolution)
+    grid = OccupancyGrid(perceived.blocked, -config.arena_half, config.resolution)
     goal = goal_cells(grid, perceived.target, config.goal_radius)
     if not goal.any():  # the target's whole goal region perceived as blocked: free it
         ring = goal_cells(OccupancyGrid(np.zeros_like(grid.blocked), grid.origin,
                                         grid.resolution), perceived.target, config.goal_radius)
-        grid.blocked[ring] = False
+        grid = OccupancyGrid(grid.blocked & ~ring, grid.origin, grid.resolution)
         goal = ring
     field = distance_field(grid, goal, clearance_cost(grid))
     x, y, yaw = perceived.pose

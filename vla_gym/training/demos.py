@@ -207,7 +207,6 @@ class Demos:
         0.1}`` for a deliberately slow demonstrator."""
         import gymnasium as gym
 
-        from vla_gym.experts import make_expert
 
         if noise < 0 or not 0.0 <= noisy_fraction <= 1.0:
             raise ValueError(f"noise must be >= 0 and noisy_fraction in [0, 1], got {noise}, "
@@ -219,11 +218,7 @@ class Demos:
         if not 0.0 <= grip_blips <= 1.0:
             raise ValueError(f"grip_blips must be a per-step chance in [0, 1], got {grip_blips}")
         env = gym.make(env_id, **env_kwargs)
-        try:
-            expert = make_expert(env, **dict(expert_options or {}))
-        except ValueError:
-            env.close()
-            raise
+        expert = expert_for(env, expert_options)
         rng = np.random.default_rng(seed)
         noisy = rng.random(episodes) < noisy_fraction
         # Drawn only when asked for, so demos without knocks stay as they were recorded before.
@@ -332,6 +327,18 @@ class Demos:
         contract = dataset.make_env().unwrapped.action_contract
         episodes = [_from_recorded(ep) for ep in dataset.episodes(only_success=only_success)]
         return cls.from_episodes(dataset.env_id, dataset.env_kwargs, contract, episodes)
+
+
+def expert_for(env: Any, options: dict[str, Any] | None = None) -> Any:
+    """``make_expert(env, **options)``; refused options close ``env`` before the error goes
+    on, so a recorder that made the env for them leaks nothing."""
+    from vla_gym.experts import make_expert
+
+    try:
+        return make_expert(env, **dict(options or {}))
+    except ValueError:
+        env.close()
+        raise
 
 
 def _from_recorded(episode: Any) -> dict[str, Any]:

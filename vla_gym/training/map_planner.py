@@ -13,7 +13,7 @@ will see them), its labels the expert's actions.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -52,7 +52,6 @@ class MapDemos:
     blocked: np.ndarray  # (episodes, n, n) bool
     arena: tuple[float, float] = (2.5, 0.1)  # half size (m), resolution (m per cell)
     goal_radius: float = 0.6  # m: the expert's plan aimed this close to the target
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -75,8 +74,7 @@ class MapDemos:
         ``expert_options`` go to ``make_expert`` (e.g. ``{"stop_distance": 0.55}``)."""
         import gymnasium as gym
 
-        from vla_gym.experts import make_expert
-        from vla_gym.training.demos import _with_noise
+        from vla_gym.training.demos import _with_noise, expert_for
 
         if episodes < 1 or grounding_scenes < 0 or noise < 0:
             raise ValueError(f"need episodes >= 1, grounding_scenes >= 0 and noise >= 0; got "
@@ -92,11 +90,7 @@ class MapDemos:
         if not hasattr(base, "grid") or "top" not in getattr(base, "cameras", ()):
             env.close()
             raise ValueError(f"{needs} is not one")
-        try:
-            expert = make_expert(env, **dict(expert_options or {}))
-        except ValueError:
-            env.close()
-            raise
+        expert = expert_for(env, expert_options)
         rng = np.random.default_rng(seed)
         rows: dict[str, list] = {k: [] for k in ("images", "instructions", "states", "actions",
                                                  "episode", "poses", "targets")}
@@ -166,7 +160,6 @@ class MapPlannerTraining:
     head_lr: float = 1e-3
     brightness: float = 0.1  # +- fraction: augmentation of the overhead image
     seed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def config_for(demos: MapDemos, **changes: Any) -> MapPlannerConfig:
