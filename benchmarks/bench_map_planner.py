@@ -27,7 +27,12 @@ from vla_gym.evaluation import evaluate
 from vla_gym.experts import make_expert
 from vla_gym.jsonfile import write_json
 from vla_gym.policies.map_planner import TOP_VIEW, MapPlannerPolicy, OdometryAnchor
-from vla_gym.training.map_planner import MapDemos, MapPlannerTraining, train_map_planner
+from vla_gym.training.map_planner import (
+    HEAD_FEATURES,
+    MapDemos,
+    MapPlannerTraining,
+    train_map_planner,
+)
 
 EVAL_SEED = 100_000
 
@@ -90,7 +95,9 @@ def main() -> None:
     parser.add_argument("--stop-distance", type=float, default=None,
                         help="m: where the expert stops short of the target (default 0.65)")
     parser.add_argument("--time-budget", type=float, default=860.0)
-    parser.add_argument("--head-seconds", type=float, default=180.0)
+    parser.add_argument("--head-seconds", type=float, default=70.0)
+    parser.add_argument("--head-features", choices=HEAD_FEATURES, default="true",
+                        help="the controller cloned on the simulator's or perception's view")
     parser.add_argument("--eval-episodes", type=int, default=60)
     parser.add_argument("--num-envs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -108,7 +115,8 @@ def main() -> None:
     print(f"collected {len(demos)} frames ({len(demos.demo_rows)} from {args.demos} demos) "
           f"in {collect_s:.0f} s", flush=True)
     settings = MapPlannerTraining(time_budget=args.time_budget,
-                                  head_seconds=args.head_seconds, seed=args.seed)
+                                  head_seconds=args.head_seconds,
+                                  head_features=args.head_features, seed=args.seed)
     policy, training = train_map_planner(demos, settings, log=lambda m: print(m, flush=True))
     print(f"trained in {training['train_seconds']:.0f} s: {training['perception_steps']} "
           f"perception steps, head loss {training['head_loss']:.4f}", flush=True)
@@ -128,7 +136,7 @@ def main() -> None:
           f"{success[found].sum()}/{found.sum()}; elsewhere {success[~found].sum()}/"
           f"{(~found).sum()}", flush=True)
     result = {"env_id": args.env, "demos": args.demos, "grounding_scenes": args.grounding_scenes,
-              "stop_distance": args.stop_distance,
+              "stop_distance": args.stop_distance, "head_features": args.head_features,
               "seed": args.seed, "collect_seconds": collect_s, "training": training,
               "perception": perception, "evaluation": report}
     if args.json is not None:

@@ -224,7 +224,7 @@ def train_map_planner_command(
     time_budget: float = typer.Option(860.0, "--time-budget", min=1,
                                       help="Seconds of training, both stages."),
     head_seconds: float = typer.Option(
-        180.0, "--head-seconds", min=0, help="Of the budget, kept for the controller stage."),
+        70.0, "--head-seconds", min=0, help="Of the budget, kept for the controller stage."),
     head_steps: int = typer.Option(5000, "--head-steps", min=1,
                                    help="Optimiser steps of the controller."),
     seed: int = typer.Option(0, "--seed"),

@@ -32,6 +32,7 @@ from vla_gym.training.map_planner import (  # noqa: E402
     MapDemos,
     MapPlannerTraining,
     fit_head,
+    true_features,
 )
 
 NAV = "vla_gym/NavGoTo-v0"
@@ -168,7 +169,7 @@ class _TruePerception:
     def __init__(self, env) -> None:
         self.base = env.unwrapped
 
-    def __call__(self, images, instructions):
+    def __call__(self, images, instructions, states, memories):
         base = self.base
         return [Perceived(base.grid.blocked, tuple(base.sim.robot.world_pose(base.data)),
                           tuple(base.episode.target.xy))]
@@ -179,14 +180,12 @@ def test_cloned_controller_reaches_targets_with_perfect_perception(config):
     """The controller cloned from 30 demos' features drives to the target through other
     rooms when perception is right; a random policy does not."""
     demos = MapDemos.from_expert(NAV, 30, seed=0)
-    features = np.stack([route_features(
-        Perceived(demos.blocked[demos.episode[i]], tuple(demos.poses[i]),
-                  tuple(demos.targets[i])), demos.states[i], config) for i in range(len(demos))])
+    rows, features = true_features(demos, config)
     policy = MapPlannerPolicy(config)
-    loss = fit_head(policy, features, demos.actions, MapPlannerTraining(head_steps=1500))
+    loss = fit_head(policy, features, demos.actions[rows], MapPlannerTraining(head_steps=1500))
     assert loss < 0.2
     env = gym.make(NAV, cameras=("main", "top"))
-    policy.perceive = _TruePerception(env)  # type: ignore[method-assign]
+    policy.track = _TruePerception(env)  # type: ignore[method-assign]
     successes = 0
     for j in range(8):
         obs, _ = env.reset(seed=100_000 + j)
@@ -222,3 +221,85 @@ def test_odometry_anchor_fuses_noisy_poses_into_the_true_one():
         fused = noisy.update(seen, odo)
     assert abs(math.remainder(fused[2] - truth[-1][2], 2 * math.pi)) < 0.12  # one frame: 0.3
     assert math.dist(fused[:2], truth[-1][:2]) < 0.05
+
+
+def test_episode_memory_steadies_a_wandering_target_map():
+    """Each frame's target map peaks on a decoy somewhere else, above the true cell; the
+    episode's mean log-probabilities find the true cell within a few frames. One frame passes
+    through unchanged, and without map memory every frame stands alone."""
+    from vla_gym.policies.map_planner import EpisodeMemory, expected_xy
+
+    rng = np.random.default_rng(0)
+    n, true_cell = 50, (30, 12)
+    memory, alone = EpisodeMemory(), EpisodeMemory(maps=False)
+    errors = []
+    truth = np.array([-2.5 + 0.1 * (true_cell[1] + 0.5), -2.5 + 0.1 * (true_cell[0] + 0.5)])
+    for frame in range(8):
+        logits = torch.full((n, n), -10.0)  # a trained map: sharp peaks on a low floor
+        logits[true_cell] = 8.0
+        logits[tuple(rng.integers(0, n, 2))] = 9.0  # a decoy, somewhere new each frame
+        logp = torch.log_softmax(logits.flatten(), -1).view(n, n)
+        blocked = torch.as_tensor(rng.normal(size=(n, n)), dtype=torch.float32)
+        target, mean_blocked = memory.remember(logp, blocked)
+        assert alone.remember(logp, blocked)[0] is logp
+        if frame == 0:
+            torch.testing.assert_close(target, logp)
+            torch.testing.assert_close(mean_blocked, blocked)
+        xy = expected_xy(target[None], 2.5, 0.1)[0].numpy()
+        errors.append(float(np.linalg.norm(xy - truth)))
+    one_frame = expected_xy(logp[None], 2.5, 0.1)[0].numpy()
+    assert np.linalg.norm(one_frame - truth) > 0.3  # a frame alone is pulled to its decoy
+    assert errors[-1] < 0.1 < errors[0]
+
+
+def test_policy_memory_restarts_on_each_episode(nav_env, config):
+    """Within an episode the policy plans on its memory; a first frame (odometry zero)
+    starts a new one, so replaying an episode's start gives the first answer again, and
+    the first frame's maps are that frame's own."""
+    policy = MapPlannerPolicy(config).eval()
+    first, _ = nav_env.reset(seed=2)
+    moved, *_ = nav_env.step(np.array([0.8, 0.5], np.float32))
+    assert np.any(moved["state"][:3])
+
+    def batch(obs):
+        return {"top_image": obs["top_image"][None], "instruction": [obs["instruction"]],
+                "state": obs["state"][None]}
+
+    start = policy.predict(batch(first))
+    alone = policy.perceive(first["top_image"][None], [first["instruction"]])[0]
+    seen = policy.track(first["top_image"][None], [first["instruction"]],
+                        first["state"][None], [policy.new_memory()])[0]
+    np.testing.assert_allclose(seen.target, alone.target, atol=1e-5)
+    np.testing.assert_array_equal(seen.blocked, alone.blocked)
+    policy.predict(batch(moved))
+    assert policy._memories[0].frames == 2
+    np.testing.assert_array_equal(policy.predict(batch(first)), start)
+    assert policy._memories[0].frames == 1
+
+
+def test_odometry_anchor_reads_the_heading_off_the_path():
+    """Heading readings all 25 degrees off (alike errors, as a parked base's frames are) and
+    positions a few centimetres off: once the base has driven 1.5 m, laying the perceived
+    path onto the odometry's finds the heading within 2 degrees; heading readings alone
+    (position_weight 0) stay 25 degrees off."""
+    from vla_gym.policies.map_planner import OdometryAnchor
+
+    rng = np.random.default_rng(1)
+    x0, y0, yaw0 = -1.0, 0.5, 0.7
+    c, s = math.cos(yaw0), math.sin(yaw0)
+    steps = np.linspace(0, 1.5, 40)
+    odometry = np.stack([steps, 0.3 * steps**2, np.arctan(0.6 * steps)], -1)
+    path, alone = OdometryAnchor(80.0), OdometryAnchor(0.0)
+    for ox, oy, oyaw in odometry:
+        true_yaw = yaw0 + oyaw
+        seen = (x0 + c * ox - s * oy + rng.normal(0, 0.03),
+                y0 + s * ox + c * oy + rng.normal(0, 0.03), true_yaw + math.radians(25))
+        with_path = path.update(seen, np.array([ox, oy, oyaw]))
+        readings_only = alone.update(seen, np.array([ox, oy, oyaw]))
+
+    def error_deg(yaw: float) -> float:
+        return abs(math.degrees(math.remainder(yaw - true_yaw, 2 * math.pi)))
+
+    assert error_deg(with_path[2]) < 2.0
+    assert error_deg(readings_only[2]) == pytest.approx(25.0, abs=0.1)
+    assert math.dist(with_path[:2], (x0 + c * ox - s * oy, y0 + s * ox + c * oy)) < 0.03

@@ -86,11 +86,15 @@ def test_perception_learns_the_maps(demos):
     assert parts["blocked"] < 0.8 * first["blocked"], (first["blocked"], parts["blocked"])
 
 
-def test_training_budget_is_checked_and_spent(demos):
+@pytest.mark.parametrize("head_features", ["true", "perceived"])
+def test_training_budget_is_checked_and_spent(demos, head_features):
     with pytest.raises(ValueError, match="must exceed head_seconds"):
         train_map_planner(demos, MapPlannerTraining(time_budget=5, head_seconds=5))
+    with pytest.raises(ValueError, match="head_features must be one of"):
+        train_map_planner(demos, MapPlannerTraining(head_features="oracle"))
     policy, figures = train_map_planner(
-        demos, MapPlannerTraining(time_budget=4, head_seconds=2, head_steps=20),
+        demos, MapPlannerTraining(time_budget=4, head_seconds=2, head_steps=20,
+                                  head_features=head_features),
         config=config_for(demos, channels=8))
     assert figures["perception_steps"] >= 1
     assert figures["demo_frames"] == len(demos.demo_rows)

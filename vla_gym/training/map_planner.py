@@ -5,9 +5,10 @@ drives (``vla_gym.policies.map_planner``).
 labels perception learns from: the base's world pose and the target's position; per episode,
 the occupancy grid the env plans on. Grounding-only scenes add first frames instructed to
 other landmarks (their actions are never cloned). ``train_map_planner`` then fits, within one
-time budget, perception on every frame (the maps' losses) and the controller on the demos'
-frames, its inputs computed from what the trained perception sees in them (as the policy
-will see them), its labels the expert's actions.
+time budget, perception on every frame (the maps' losses) and then the controller on the
+demos' frames: its inputs the planner's features from the simulator's map, pose and target
+(the expert's own view; ``head_features="perceived"`` computes them from what the trained
+perception sees instead), its labels the expert's actions.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ import torch.nn.functional as F
 
 from vla_gym.policies.map_planner import (
     TOP_VIEW,
+    EpisodeMemory,
     MapPlannerConfig,
     MapPlannerPolicy,
-    OdometryAnchor,
     Perceived,
     camera_calibration,
     route_features,
@@ -146,9 +147,14 @@ class MapPlannerTraining:
     """Budget and settings of ``train_map_planner``."""
 
     time_budget: float = 860.0  # s for both stages together
-    head_seconds: float = 180.0  # of the budget kept for the head stage (features + fit)
+    head_seconds: float = 70.0  # of the budget kept for the head stage (features + fit)
     head_frame_stride: int = 3  # the head fits every this-many-th demo frame (neighbours
-    # nearly repeat each other, and each frame's features cost a perception pass and a plan)
+    # nearly repeat each other, and each frame's features cost a plan)
+    # What the controller is cloned on: "true", the simulator's map, pose and target for each
+    # demo frame (the expert's own view: a controller that drives as the expert would behind
+    # right perception), or "perceived", what the trained perception makes of the frames
+    # (its episode memory included; costs a perception pass over every demo frame).
+    head_features: str = "true"
     grounding_share: float = 0.5  # of each perception batch drawn from grounding frames
     # The occupancy's per-cell loss starts near 0.7 against ~7.8 for each map over 2 500
     # cells, and learns slowest; the planner needs it most.
@@ -212,27 +218,41 @@ def perception_loss(policy: MapPlannerPolicy, demos: MapDemos, labels: dict[str,
     return total, {k: float(v.detach()) for k, v in losses.items()}
 
 
+HEAD_FEATURES = ("true", "perceived")
+
+
+def true_features(demos: MapDemos, config: MapPlannerConfig, stride: int = 1,
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, features): ``route_features`` of every ``stride``-th demo frame from the
+    simulator's occupancy, pose and target, as the expert saw them."""
+    rows = demos.demo_rows[::stride]
+    features = [route_features(Perceived(demos.blocked[demos.episode[i]], tuple(demos.poses[i]),
+                                         tuple(demos.targets[i])), demos.states[i], config)
+                for i in rows]
+    return rows, np.stack(features)
+
+
 def demo_features(policy: MapPlannerPolicy, demos: MapDemos, stride: int = 1,
                   chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """(rows, features): ``route_features`` of every ``stride``-th demo frame as the policy
-    would see it, its pose fused with odometry over the episode up to that frame (every
-    frame is perceived for that; only the kept ones are planned on)."""
+    would see it, one more frame of its episode's memory (``MapPlannerPolicy.track``: maps
+    averaged and pose fused with odometry over the episode up to that frame; every frame is
+    perceived for that, only the kept ones are planned on)."""
     policy.eval()
     rows = demos.demo_rows
     kept = np.zeros(len(rows), bool)
     kept[::stride] = True
-    anchors: dict[int, OdometryAnchor] = {}
+    memories: dict[int, EpisodeMemory] = {}
     out = []
-    odometry = list(policy.config.state_odometry)
     for start in range(0, len(rows), chunk):
         part = rows[start:start + chunk]
-        perceived = policy.perceive(demos.images[part], [demos.instructions[i] for i in part])
-        for j, (seen, i) in enumerate(zip(perceived, part, strict=True)):
-            anchor = anchors.setdefault(int(demos.episode[i]), OdometryAnchor())
-            pose = anchor.update(seen.pose, demos.states[i][odometry])
-            if kept[start + j]:
-                out.append(route_features(Perceived(seen.blocked, pose, seen.target),
-                                          demos.states[i], policy.config))
+        episodes = [memories.setdefault(int(demos.episode[i]), policy.new_memory())
+                    for i in part]
+        perceived = policy.track(demos.images[part], [demos.instructions[i] for i in part],
+                                 demos.states[part], episodes)
+        out.extend(route_features(seen, demos.states[i], policy.config)
+                   for j, (seen, i) in enumerate(zip(perceived, part, strict=True))
+                   if kept[start + j])
     return rows[kept], np.stack(out)
 
 
@@ -263,8 +283,11 @@ def train_map_planner(demos: MapDemos, settings: MapPlannerTraining | None = Non
                       config: MapPlannerConfig | None = None,
                       log: Any = None) -> tuple[MapPlannerPolicy, dict[str, Any]]:
     """Perception until ``time_budget - head_seconds`` has passed, then the head on the
-    demos' frames as perception sees them. Returns the policy and the run's figures."""
+    demos' frames (``head_features``). Returns the policy and the run's figures."""
     settings = settings or MapPlannerTraining()
+    if settings.head_features not in HEAD_FEATURES:
+        raise ValueError(f"head_features must be one of {HEAD_FEATURES}, got "
+                         f"{settings.head_features!r}")
     if settings.time_budget <= settings.head_seconds:
         raise ValueError(f"time_budget ({settings.time_budget} s) must exceed head_seconds "
                          f"({settings.head_seconds} s)")
@@ -295,7 +318,10 @@ def train_map_planner(demos: MapDemos, settings: MapPlannerTraining | None = Non
             log(f"perception step {steps}: " + ", ".join(f"{k} {v:.3f}"
                                                          for k, v in parts.items()))
     perception_seconds = time.perf_counter() - started
-    demo_rows, features = demo_features(policy, demos, settings.head_frame_stride)
+    if settings.head_features == "true":
+        demo_rows, features = true_features(demos, policy.config, settings.head_frame_stride)
+    else:
+        demo_rows, features = demo_features(policy, demos, settings.head_frame_stride)
     head_loss = fit_head(policy, features, demos.actions[demo_rows], settings)
     return policy, {"perception_steps": steps, "perception_seconds": perception_seconds,
                     "final_perception_losses": parts, "head_loss": head_loss,
