@@ -227,6 +227,10 @@ def train_map_planner_command(
         70.0, "--head-seconds", min=0, help="Of the budget, kept for the controller stage."),
     head_steps: int = typer.Option(5000, "--head-steps", min=1,
                                    help="Optimiser steps of the controller."),
+    head_features: str = typer.Option(
+        "true", "--head-features",
+        help="The controller is cloned on: true (the simulator's map, pose and target for "
+             "the demo frames) | perceived (what the trained perception makes of them)."),
     seed: int = typer.Option(0, "--seed"),
     json_path: Path | None = typer.Option(None, "--json", help="Write the figures here."),
 ):
@@ -238,7 +242,8 @@ def train_map_planner_command(
 
     try:
         settings = MapPlannerTraining(time_budget=time_budget, head_seconds=head_seconds,
-                                      head_steps=head_steps, seed=seed)
+                                      head_steps=head_steps, head_features=head_features,
+                                      seed=seed)
         if time_budget <= head_seconds:  # train_map_planner refuses it too; say so before
             # minutes of recording, in the options' own names
             raise ValueError(f"--time-budget ({time_budget:g} s) must exceed --head-seconds "

@@ -113,6 +113,9 @@ def test_cli_trains_and_evaluates_a_map_planner(tmp_path):
     budget = runner.invoke(app, ["train", "map-planner", "--out", str(tmp_path / "x"),
                                  "--time-budget", "5", "--head-seconds", "10"])
     assert budget.exit_code == 2 and "--time-budget" in budget.output
+    features = runner.invoke(app, ["train", "map-planner", "--out", str(tmp_path / "x"),
+                                   "--head-features", "oracle"])
+    assert features.exit_code == 2 and "head_features must be one of" in features.output
     run = tmp_path / "run"
     result = runner.invoke(app, ["train", "map-planner", "--out", str(run), "--demos", "1",
                                  "--grounding-scenes", "2", "--time-budget", "6",

@@ -32,7 +32,8 @@ expert does:
    afresh on an episode's first frame (odometry exactly zero) or by ``reset()``.
 3. **Control** (learned): an MLP from the look-ahead point and the target in the base's
    frame, the target's distance and the base's speeds to ``[v, omega]``, cloned from the
-   expert's actions on the features perception gives for the demos' frames.
+   expert's actions on the demos' frames (``MapPlannerTraining.head_features``: the features
+   the simulator's map and pose give, or those the trained perception gives).
 
 The overhead camera stands for a fixed ceiling camera (or a map from a mapping stack); its
 calibration travels in the checkpoint (``MapPlannerConfig.camera``). Built and trained by

@@ -142,6 +142,9 @@ class MapDemos:
                    float(expert.goal_radius))
 
 
+HEAD_FEATURES = ("true", "perceived")
+
+
 @dataclass
 class MapPlannerTraining:
     """Budget and settings of ``train_map_planner``."""
@@ -166,6 +169,11 @@ class MapPlannerTraining:
     head_lr: float = 1e-3
     brightness: float = 0.1  # +- fraction: augmentation of the overhead image
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.head_features not in HEAD_FEATURES:
+            raise ValueError(f"head_features must be one of {HEAD_FEATURES}, got "
+                             f"{self.head_features!r}")
 
 
 def config_for(demos: MapDemos, **changes: Any) -> MapPlannerConfig:
@@ -216,9 +224,6 @@ def perception_loss(policy: MapPlannerPolicy, demos: MapDemos, labels: dict[str,
     losses["blocked"] = F.binary_cross_entropy_with_logits(maps["blocked"], blocked)
     total = sum(losses.values()) + (blocked_weight - 1.0) * losses["blocked"]
     return total, {k: float(v.detach()) for k, v in losses.items()}
-
-
-HEAD_FEATURES = ("true", "perceived")
 
 
 def true_features(demos: MapDemos, config: MapPlannerConfig, stride: int = 1,
@@ -285,9 +290,6 @@ def train_map_planner(demos: MapDemos, settings: MapPlannerTraining | None = Non
     """Perception until ``time_budget - head_seconds`` has passed, then the head on the
     demos' frames (``head_features``). Returns the policy and the run's figures."""
     settings = settings or MapPlannerTraining()
-    if settings.head_features not in HEAD_FEATURES:
-        raise ValueError(f"head_features must be one of {HEAD_FEATURES}, got "
-                         f"{settings.head_features!r}")
     if settings.time_budget <= settings.head_seconds:
         raise ValueError(f"time_budget ({settings.time_budget} s) must exceed head_seconds "
                          f"({settings.head_seconds} s)")
