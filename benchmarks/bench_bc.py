@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from seeds import EVAL_SEED  # this folder is on sys.path
 
 import vla_gym  # noqa: F401  (registers the env ids)
 from vla_gym.evaluation import evaluate
@@ -43,8 +44,6 @@ from vla_gym.jsonfile import write_json
 from vla_gym.policies.configuration import MINILM
 from vla_gym.training.bc import BCConfig, train_bc
 from vla_gym.training.demos import Demos
-
-EVAL_SEED = 100_000
 
 
 def preset_for(env_id: str, preset: str) -> str:

@@ -21,14 +21,13 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from seeds import EVAL_SEED  # this folder is on sys.path
 
 import vla_gym  # noqa: F401  (registers the env ids)
 from vla_gym.jsonfile import write_json
 from vla_gym.rollout import wilson_interval
 from vla_gym.training.demos import Demos
 from vla_gym.types import state_indices_without_velocities
-
-EVAL_SEED = 100_000
 
 
 class PrivilegedClone:

@@ -25,7 +25,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from bench_bc import EVAL_SEED  # the bench's unseen scenes (this folder is on sys.path)
+from seeds import EVAL_SEED  # this folder is on sys.path
 from torch import nn
 
 import vla_gym  # noqa: F401  (registers the env ids)

@@ -21,20 +21,20 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
+from seeds import EVAL_SEED  # this folder is on sys.path
 
 import vla_gym  # noqa: F401  (registers the env ids)
+from vla_gym.envs.robots.diff_drive import wrap_angle
 from vla_gym.evaluation import evaluate
 from vla_gym.experts import make_expert
 from vla_gym.jsonfile import write_json
-from vla_gym.policies.map_planner import TOP_VIEW, MapPlannerPolicy, OdometryAnchor
+from vla_gym.policies.map_planner import TOP_VIEW, MapPlannerPolicy
 from vla_gym.training.map_planner import (
     HEAD_FEATURES,
     MapDemos,
     MapPlannerTraining,
     train_map_planner,
 )
-
-EVAL_SEED = 100_000
 
 
 def perception_errors(policy: MapPlannerPolicy, env_id: str, episodes: int,
@@ -53,7 +53,7 @@ def perception_errors(policy: MapPlannerPolicy, env_id: str, episodes: int,
         for j in range(episodes):
             obs, _ = env.reset(seed=EVAL_SEED + j)
             expert.reset()
-            anchor = OdometryAnchor()
+            anchor = policy.new_memory().anchor  # the policy's own weighting
             for step in range(drive_steps + 1):
                 seen = policy.perceive(obs[TOP_VIEW][None], [obs["instruction"]])[0]
                 fused = anchor.update(seen.pose, obs["state"][odometry])
@@ -62,13 +62,13 @@ def perception_errors(policy: MapPlannerPolicy, env_id: str, episodes: int,
                     tx, ty = base.episode.target.xy
                     rows["target"].append(math.hypot(seen.target[0] - tx, seen.target[1] - ty))
                     rows["position"].append(math.hypot(seen.pose[0] - x, seen.pose[1] - y))
-                    rows["heading"].append(_angle(seen.pose[2] - yaw))
+                    rows["heading"].append(angle_deg(seen.pose[2] - yaw))
                     rows["cells"].append(float(np.mean(seen.blocked != base.grid.blocked)))
                 obs, _, terminated, truncated, _ = env.step(expert.act(obs))
                 if terminated or truncated:
                     break
-            rows["heading_driven"].append(_angle(seen.pose[2] - yaw))
-            rows["heading_fused"].append(_angle(fused[2] - yaw))
+            rows["heading_driven"].append(angle_deg(seen.pose[2] - yaw))
+            rows["heading_fused"].append(angle_deg(fused[2] - yaw))
     finally:
         env.close()
     return {"target_found": [bool(e < 0.3) for e in rows["target"]],
@@ -82,8 +82,9 @@ def perception_errors(policy: MapPlannerPolicy, env_id: str, episodes: int,
                 "fused_with_odometry": float(np.median(rows["heading_fused"]))}}
 
 
-def _angle(radians: float) -> float:
-    return abs(math.degrees(math.remainder(radians, 2 * math.pi)))
+def angle_deg(radians: float) -> float:
+    """The size of an angle difference, in degrees (0-180)."""
+    return abs(math.degrees(wrap_angle(radians)))
 
 
 def main() -> None:

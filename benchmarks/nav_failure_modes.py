@@ -25,7 +25,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from bench_map_planner import EVAL_SEED  # the bench's unseen scenes (this folder is on sys.path)
+from bench_map_planner import angle_deg  # this folder is on sys.path
+from seeds import EVAL_SEED, VALIDATION_SEED
 
 import vla_gym  # noqa: F401  (registers the env ids)
 from vla_gym.envs.navigation.task import SUCCESS_RADIUS
@@ -33,13 +34,8 @@ from vla_gym.jsonfile import write_json
 from vla_gym.policies.map_planner import TOP_VIEW, MapPlannerPolicy, Perceived, route_features
 from vla_gym.rollout import wilson_interval
 
-VALIDATION_SEED = 200_000
 ORDER = ("success", "inside the radius, not facing", "stopped short", "far")
 SHORT = 1.2  # m: an episode that ends between the success radius and this stopped short
-
-
-def _angle(radians: float) -> float:
-    return abs(math.degrees(math.remainder(radians, 2 * math.pi)))
 
 
 ORACLES = ("none", "occupancy", "pose", "target")
@@ -81,7 +77,7 @@ def run_episode(policy: MapPlannerPolicy, env: gym.Env, seed: int,
     last = policy.perceive(obs[TOP_VIEW][None], [obs["instruction"]])[0]
     x, y, yaw = base.sim.robot.world_pose(base.data)
     distance = target_error((x, y))
-    bearing = _angle(math.atan2(ty - y, tx - x) - yaw)
+    bearing = angle_deg(math.atan2(ty - y, tx - x) - yaw)
     if success:
         category = ORDER[0]
     elif distance <= SUCCESS_RADIUS:
@@ -94,7 +90,7 @@ def run_episode(policy: MapPlannerPolicy, env: gym.Env, seed: int,
                                     "planned": target_error(planned.target)},
             "last_pose_error": {"position_m": math.hypot(planned.pose[0] - x,
                                                          planned.pose[1] - y),
-                                "heading_deg": _angle(planned.pose[2] - yaw)},
+                                "heading_deg": angle_deg(planned.pose[2] - yaw)},
             "last_cells_wrong": float(np.mean(planned.blocked != base.grid.blocked))}
 
 

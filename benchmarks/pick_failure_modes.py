@@ -22,15 +22,12 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from bench_bc import EVAL_SEED  # the bench's unseen scenes (this folder is on sys.path)
+from seeds import EVAL_SEED, VALIDATION_SEED  # this folder is on sys.path
 
 import vla_gym  # noqa: F401  (registers the env ids)
 from vla_gym.jsonfile import write_json
 from vla_gym.rollout import policy_env_kwargs, wilson_interval
 
-# Validation scenes: clear of the demo (0 on), grounding (50 000 on), DAgger (70 000 on) and
-# evaluation (100 000 on) seeds.
-VALIDATION_SEED = 200_000
 ORDER = ("success", "never closed", "grasped another object",
          "grasped the target, not lifted", "closed on nothing")
 

@@ -406,6 +406,15 @@ class CameraProjection:
                          0.5 - scale * (r[1] * dx + r[4] * dy + r[7] * dz)])
 
 
+def calibration_record(frame: str, pos: Sequence[float], rot: Sequence[float] | np.ndarray,
+                       fovy: float) -> dict[str, object]:
+    """A camera's calibration as envs report it and policies keep it: ``{"frame", "pos",
+    "rot", "fovy"}``, ``pos`` in ``frame``, ``rot`` the camera's axes (MuJoCo's: it looks
+    down its -z) as 9 numbers row-major, ``fovy`` its vertical field of view in degrees."""
+    return {"frame": frame, "pos": [float(v) for v in pos],
+            "rot": [float(v) for v in np.asarray(rot).flatten()], "fovy": float(fovy)}
+
+
 def view_projections(model: mujoco.MjModel, cameras: dict[str, str],
                      ) -> tuple[tuple[str, CameraProjection], ...]:
     """(view, projection) per extra image view: ``cameras`` maps each view's observation key

@@ -72,6 +72,9 @@ WEIGHTS_NAME = "model.safetensors"
 TOP_VIEW = "top_image"
 FEATURES = ("ahead_x", "ahead_y", "target_x", "target_y", "target_distance", "v", "omega")
 _WORD = re.compile(r"[a-z]+")
+# rad^2 / m^2: how the odometry anchor weighs the path's shape against heading readings
+# (``OdometryAnchor``)
+ANCHOR_POSITION_WEIGHT = 80.0
 
 
 def words(text: str) -> list[str]:
@@ -100,8 +103,7 @@ class MapPlannerConfig:
     action_dim: int = 2
     state_velocities: tuple[int, int] = (3, 4)  # indices of v and omega in the state
     episode_memory: bool = True  # average the target and occupancy maps over the episode
-    # rad^2 / m^2: how the odometry anchor weighs the path's shape against heading readings
-    anchor_position_weight: float = 80.0
+    anchor_position_weight: float = ANCHOR_POSITION_WEIGHT
     # What the env must render for this policy (the rollout runner reads both).
     cameras = ("main", "top")
     extra_views = (TOP_VIEW,)
@@ -136,13 +138,15 @@ def camera_calibration(model: Any, data: Any, camera: str = "top") -> dict[str, 
     keeps it (``data`` after ``mj_forward``)."""
     import mujoco
 
+    from vla_gym.envs.rendering import calibration_record
+
     cam = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
     if cam < 0:
         raise ValueError(f"no camera named {camera!r} in the model")
     if model.cam_bodyid[cam] != 0:
         raise ValueError(f"camera {camera!r} moves with a body; the map needs a fixed one")
-    return {"frame": "world", "pos": [float(v) for v in data.cam_xpos[cam]],
-            "rot": [float(v) for v in data.cam_xmat[cam]], "fovy": float(model.cam_fovy[cam])}
+    return calibration_record("world", data.cam_xpos[cam], data.cam_xmat[cam],
+                              model.cam_fovy[cam])
 
 
 def project_points(camera: dict[str, Any], points: np.ndarray) -> np.ndarray:
@@ -257,7 +261,7 @@ class OdometryAnchor:
     did alike on validation scenes (README). The position is then the mean of (perceived
     position - R(heading) odometry position). Every term is a running sum."""
 
-    def __init__(self, position_weight: float = 80.0) -> None:
+    def __init__(self, position_weight: float = ANCHOR_POSITION_WEIGHT) -> None:
         self.position_weight = position_weight
         self.count = 0
         self._turn = np.zeros(2)  # sum of (cos, sin) of perceived yaw - odometry yaw
@@ -294,7 +298,8 @@ class EpisodeMemory:
     ``maps`` is set, the running means of the target map's log-probabilities and of the
     occupancy's logits (one frame's maps pass through unchanged)."""
 
-    def __init__(self, maps: bool = True, position_weight: float = 80.0) -> None:
+    def __init__(self, maps: bool = True,
+                 position_weight: float = ANCHOR_POSITION_WEIGHT) -> None:
         self.anchor = OdometryAnchor(position_weight)
         self.maps = maps
         self.frames = 0

@@ -32,6 +32,7 @@ from vla_gym.envs.language import COLOURS, SHAPES, target_landmark
 from vla_gym.envs.rendering import (
     CameraProjection,
     EnvRenderers,
+    calibration_record,
     check_quality,
     view_projections,
 )
@@ -260,10 +261,8 @@ class TabletopEnv(gym.Env[dict[str, Any], np.ndarray]):
             on_arm = self.model.cam_bodyid[cam.id] != 0  # not on the world body
             if on_arm:
                 pos, rot = ee_rot.T @ (pos - ee_pos), ee_rot.T @ rot
-            out[CAMERA_KEYS[camera]] = {
-                "frame": "end_effector" if on_arm else "world",
-                "pos": [float(v) for v in pos], "rot": [float(v) for v in rot.flatten()],
-                "fovy": float(self.model.cam_fovy[cam.id])}
+            out[CAMERA_KEYS[camera]] = calibration_record(
+                "end_effector" if on_arm else "world", pos, rot, self.model.cam_fovy[cam.id])
         return out
 
     def step(
