@@ -72,3 +72,30 @@ def test_collect_command_rejects_bad_input(tmp_path):
     other_seed = [a if a != "3" else "4" for a in ARGS]
     clash = runner.invoke(app, [*other_seed, *out])
     assert clash.exit_code == 2 and "cannot resume" in clash.output
+
+
+def test_expert_options_reach_the_recorded_expert(tmp_path):
+    """Seed 2's target is a cube: the default expert turns the gripper square to it, the one
+    recorded with square_cubes=false keeps its heading (yaw commands near zero)."""
+    args = ["collect", "--env", "vla_gym/TabletopPick-v0", "--episodes", "1", "--seed", "2",
+            "--obs-mode", "state"]
+    turns = {}
+    for name, extra in (("square", []), ("across", ["--expert-option", "square_cubes=false"])):
+        result = runner.invoke(app, [*args, "--out", str(tmp_path / name), *extra])
+        assert result.exit_code == 0, result.output
+        turns[name] = float(np.abs(load_demos(tmp_path / name).episode(0).actions[:, 5]).max())
+    assert turns["square"] > 0.5 and turns["across"] < 0.05
+    # the options are part of what a resumed collection must repeat
+    clash = runner.invoke(app, [*args, "--out", str(tmp_path / "across")])
+    assert clash.exit_code == 2 and "expert_options" in clash.output
+
+
+def test_bad_expert_options_are_refused_before_recording(tmp_path):
+    out = ["--out", str(tmp_path / "demos")]
+    unknown = runner.invoke(app, [*ARGS, *out, "--expert-option", "speed=0.5"])
+    assert unknown.exit_code == 2 and "square_cubes" in unknown.output  # names valid ones
+    bad_value = runner.invoke(app, [*ARGS, *out, "--expert-option", "lift_speed=2"])
+    assert bad_value.exit_code == 2 and "lift_speed must be a number" in bad_value.output
+    not_a_pair = runner.invoke(app, [*ARGS, *out, "--expert-option", "square_cubes"])
+    assert not_a_pair.exit_code == 2 and "KEY=VALUE" in not_a_pair.output
+    assert not (tmp_path / "demos").exists()

@@ -87,3 +87,12 @@ def test_dataset_dir_without_metadata_blocks_collection(tmp_path):
     dataset_dir(tmp_path, PICK).mkdir(parents=True)
     with pytest.raises(CorruptDatasetError, match="has no data/metadata.json"):
         collect_demos(PICK, 1, tmp_path, env_kwargs=SMALL)
+
+
+def test_resume_with_other_expert_options_is_refused(pick_root):
+    with pytest.raises(IncompatibleDatasetError,
+                       match=r"expert_options: on disk None, asked \{'square_cubes': False\}"):
+        collect_demos(PICK, 3, pick_root, seed=5, env_kwargs=SMALL,
+                      expert_options={"square_cubes": False})
+    with pytest.raises(ValueError, match=r"takes options \['lift_speed', 'square_cubes'\]"):
+        collect_demos(PICK, 3, pick_root, seed=5, env_kwargs=SMALL, expert_options={"x": 1})

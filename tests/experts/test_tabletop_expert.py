@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from vla_gym.experts import ExpertActions, make_expert
+from vla_gym.types import ARM_STATE_FIELDS
 
 FAMILIES = ["Pick", "Place", "Push", "Stack", "MultiTask"]
 
@@ -165,11 +166,52 @@ def test_a_slow_demonstrator_lifts_at_its_speed_and_still_succeeds_given_time():
 
 def test_expert_options_are_checked_by_name_and_range():
     env = gym.make("vla_gym/TabletopPick-v0", obs_mode="state")
-    with pytest.raises(ValueError, match=r"takes options \['lift_speed'\].*'speed'"):
+    with pytest.raises(ValueError,
+                       match=r"takes options \['lift_speed', 'square_cubes'\].*'speed'"):
         make_expert(env, speed=0.5)
     for bad in (0.0, 1.5, "fast"):
         with pytest.raises(ValueError, match="lift_speed must be a number in"):
             make_expert(env, lift_speed=bad)
+    with pytest.raises(ValueError, match="square_cubes must be True or False"):
+        make_expert(env, square_cubes="no")
     nav = gym.make("vla_gym/NavGoTo-v0", obs_mode="state")
     with pytest.raises(ValueError, match=r"NavExpert takes options \['stop_distance'\]"):
         make_expert(nav, lift_speed=0.5)
+
+
+def _cube_grasps(square_cubes: bool, episodes: int = 4) -> list[tuple[bool, float, float]]:
+    """(success, largest yaw command before the lift, gripper opening at the lift's first
+    step) over the first ``episodes`` Pick scenes whose target is a cube."""
+    env = gym.make("vla_gym/TabletopPick-v0", obs_mode="state")
+    expert = make_expert(env, square_cubes=square_cubes)
+    opening = ARM_STATE_FIELDS.index("gripper_opening")
+    grasps, seed = [], 0
+    while len(grasps) < episodes:
+        obs, info = env.reset(seed=seed)
+        seed += 1
+        if env.unwrapped.episode.target.shape != "cube":
+            continue
+        turn, at_lift, done = 0.0, None, False
+        while not done:
+            action = expert.act(obs)
+            if at_lift is None and action[6] > 0 and action[2] > 0.5:  # closed and rising
+                at_lift = float(obs["state"][opening])
+            if at_lift is None:
+                turn = max(turn, abs(float(action[5])))
+            obs, _, terminated, truncated, info = env.step(action)
+            done = terminated or truncated
+        grasps.append((bool(info["is_success"]), turn, at_lift))
+    env.close()
+    return grasps
+
+
+def test_an_expert_that_does_not_square_to_cubes_lifts_them_jammed():
+    """Squaring, the gripper turns to the cube's faces and closes to its 4 cm; without, it
+    keeps its heading, closes across the cube (jammed on its edges, wider open) and lifts it
+    all the same."""
+    square, across = _cube_grasps(True), _cube_grasps(False)
+    assert all(won for won, _, _ in square + across)
+    assert max(turn for _, turn, _ in square) > 0.1
+    assert all(at_lift == pytest.approx(0.040, abs=0.002) for _, _, at_lift in square)
+    assert max(turn for _, turn, _ in across) < 0.05
+    assert max(at_lift for _, _, at_lift in across) > 0.045

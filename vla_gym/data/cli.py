@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -34,12 +35,16 @@ def collect(
     async_envs: Annotated[bool | None, typer.Option(
         "--async/--sync", help="Vector env mode (default: async when --num-envs > 1).")
     ] = None,
+    expert_option: Annotated[list[str] | None, typer.Option(
+        "--expert-option", help="KEY=VALUE for the scripted expert (repeatable; VALUE as "
+        "JSON), e.g. square_cubes=false or lift_speed=0.08.")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the summary here.")
                          ] = None,
 ) -> None:
     """Record scripted-expert episodes as a Minari dataset (resumable; kills keep episodes)."""
     import vla_gym
     from vla_gym.data import collect_demos
+    from vla_gym.data.collect import check_expert_options
     from vla_gym.data.layout import (
         CorruptDatasetError,
         DatasetLockedError,
@@ -56,12 +61,18 @@ def collect(
         if value not in valid:
             raise typer.BadParameter(f"{value!r} is not one of {valid}", param_hint=hint)
     mode = None if async_envs is None else ("async" if async_envs else "sync")
+    options = _expert_options(expert_option or [])
+    if options:
+        try:
+            check_expert_options(env, options)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--expert-option") from None
     try:
         summary = collect_demos(
             env, episodes, out, num_envs=num_envs, seed=seed, vectorization_mode=mode,
             jpeg=jpeg, env_kwargs={"image_size": image_size, "instruction_split": split,
                         "obs_mode": obs_mode, "cameras": _cameras(cameras)},
-            progress=sys.stderr.isatty())
+            expert_options=options, progress=sys.stderr.isatty())
     except (IncompatibleDatasetError, CorruptDatasetError, DatasetLockedError) as exc:
         raise typer.BadParameter(str(exc), param_hint="--out") from None
     _report(summary, out)
@@ -70,6 +81,21 @@ def collect(
         console.print(f"wrote {json_path}")
     if summary.interrupted:
         raise typer.Exit(code=130)
+
+
+def _expert_options(pairs: list[str]) -> dict[str, Any]:
+    """``["square_cubes=false", ...]`` -> ``{"square_cubes": False, ...}`` (values as JSON,
+    else as text)."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--expert-option")
+        try:
+            options[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            options[key.strip()] = text
+    return options
 
 
 def _cameras(text: str) -> tuple[str, ...]:

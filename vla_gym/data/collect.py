@@ -6,6 +6,7 @@ Episode ``j`` always starts from ``reset(seed=seed + j)`` whatever the number of
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections import deque
@@ -166,18 +167,26 @@ def collect_demos(
     vectorization_mode: str | None = None,
     jpeg: bool = False,
     env_kwargs: dict[str, Any] | None = None,
+    expert_options: dict[str, Any] | None = None,
     progress: bool = False,
 ) -> CollectSummary:
     """Record expert episodes ``0..episodes-1`` (seed ``seed + j``) of ``env_id`` under ``out``.
 
     Reruns skip the episodes already on disk. ``vectorization_mode`` defaults to ``"async"``
     (one process per env) when ``num_envs > 1``. ``jpeg`` stores images JPEG-encoded (lossy,
-    ~3x smaller); the default keeps them exact.
+    ~3x smaller); the default keeps them exact. ``expert_options`` go to ``make_expert``
+    (e.g. ``{"square_cubes": False}``); they are checked before anything is written and are
+    part of what a resumed collection must repeat.
     """
     if episodes < 1 or num_envs < 1:
         raise ValueError(f"episodes and num_envs must be >= 1, got {episodes}, {num_envs}")
     kwargs = canonical_kwargs(env_id, env_kwargs or {})
-    params = {"env_id": env_id, "env_kwargs": kwargs, "seed": seed, "jpeg": jpeg}
+    params: dict[str, Any] = {"env_id": env_id, "env_kwargs": kwargs, "seed": seed,
+                              "jpeg": jpeg}
+    options = dict(expert_options or {})
+    if options:
+        check_expert_options(env_id, options)
+        params["expert_options"] = options  # absent when empty: older datasets resume as before
     writer = DemoWriter(out, params)
     done_before = writer.recorded()
     todo = [j for j in range(episodes) if j not in done_before]
@@ -187,7 +196,7 @@ def collect_demos(
             mode = vectorization_mode or ("async" if num_envs > 1 else "sync")
             results, interrupted = _run(writer, env_id, todo, episodes, seed,
                                         min(num_envs, len(todo)), mode, jpeg, kwargs,
-                                        progress)
+                                        options, progress)
         else:
             writer.open(*_spaces_without_env(writer), jpeg=jpeg)
     finally:
@@ -228,12 +237,25 @@ def _env_spec(env_id: str, kwargs: dict[str, Any]) -> gym.envs.registration.EnvS
     return replace(spec, kwargs={**spec.kwargs, **kwargs})
 
 
-def _run(writer, env_id, todo, episodes, seed, num_envs, mode, jpeg, kwargs, progress_on):
+def check_expert_options(env_id: str, options: dict[str, Any]) -> None:
+    """Raise ``ValueError`` (naming the valid options) unless ``env_id``'s expert takes
+    ``options``: here, before any worker starts or anything is written."""
+    from vla_gym.experts import make_expert
+
+    env = gym.make(env_id, obs_mode="state")
+    try:
+        make_expert(env, **options)
+    finally:
+        env.close()
+
+
+def _run(writer, env_id, todo, episodes, seed, num_envs, mode, jpeg, kwargs, options,
+         progress_on):
     from vla_gym.experts import ExpertActions
 
     vec = make_vec(env_id, num_envs=num_envs, vectorization_mode=mode,
                    vector_kwargs={"autoreset_mode": AutoresetMode.DISABLED},
-                   wrappers=[ExpertActions], **kwargs)
+                   wrappers=[functools.partial(ExpertActions, **options)], **kwargs)
     interrupted, results = False, {}
     try:
         with StopRequest() as stop:

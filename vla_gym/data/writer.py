@@ -34,7 +34,7 @@ from vla_gym.data.layout import (
 
 DATA_FORMAT = "parquet"  # per-episode files, Snappy-compressed columns
 # Parameters that decide what episode j contains: a resumed collection must repeat them.
-RESUME_KEYS = ("env_id", "env_kwargs", "seed", "jpeg")
+RESUME_KEYS = ("env_id", "env_kwargs", "seed", "jpeg", "expert_options")
 
 
 def _normalised(value: Any) -> Any:

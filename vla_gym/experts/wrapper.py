@@ -18,7 +18,8 @@ EXPERT_ACTION = "expert_action"
 
 def make_expert(env: gym.Env, **options: Any) -> Any:
     """The scripted expert for ``env``'s family (any wrapper depth); ``options`` go to its
-    constructor (``TabletopExpert``: ``lift_speed``; ``NavExpert``: ``stop_distance``)."""
+    constructor (``TabletopExpert``: ``lift_speed``, ``square_cubes``; ``NavExpert``:
+    ``stop_distance``)."""
     from vla_gym.envs.navigation.env import NavEnv
     from vla_gym.envs.tabletop.env import TabletopEnv
     from vla_gym.experts.navigation import NavExpert
@@ -42,11 +43,12 @@ def make_expert(env: gym.Env, **options: Any) -> Any:
 
 
 class ExpertActions(gym.Wrapper):
-    """Adds ``info["expert_action"]``: what the scripted expert would do next."""
+    """Adds ``info["expert_action"]``: what the scripted expert would do next; ``options`` go
+    to ``make_expert``."""
 
-    def __init__(self, env: gym.Env) -> None:
+    def __init__(self, env: gym.Env, **options: Any) -> None:
         super().__init__(env)
-        self.expert = make_expert(env)
+        self.expert = make_expert(env, **options)
 
     def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
         obs, info = self.env.reset(**kwargs)
