@@ -69,7 +69,11 @@ def run_one(env_id: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     has_gripper = "/Tabletop" in env_id
     grasp_misses = args.grasp_misses if has_gripper else 0.0
     grip_blips = args.grip_blips if has_gripper else 0.0
-    expert_options = {"lift_speed": args.expert_lift_speed} if args.expert_lift_speed else {}
+    expert_options: dict[str, Any] = {}
+    if args.expert_lift_speed:
+        expert_options["lift_speed"] = args.expert_lift_speed
+    if not args.expert_square_cubes and has_gripper:
+        expert_options["square_cubes"] = False
     demos = Demos.from_expert(env_id, args.demos, seed=0, noise=args.noise,
                               other_targets=args.other_targets,
                               grounding_scenes=args.grounding_scenes,
@@ -176,6 +180,10 @@ def main() -> None:
     parser.add_argument("--expert-lift-speed", type=float, default=None,
                         help="tabletop ids: a deliberately slow demonstrator lifting at this "
                              "fraction of the action's limit (the weak start of bench_rlhf)")
+    parser.add_argument("--expert-square-cubes", action=argparse.BooleanOptionalAction,
+                        default=True, help="tabletop ids: the expert turns the gripper square "
+                        "to a cube before grasping it (--no-expert-square-cubes: it closes "
+                        "across the cube as it stands, as a heading-blind policy does)")
     parser.add_argument("--target-xy-to-head", action=argparse.BooleanOptionalAction,
                         default=False, help="each view's target-map position goes straight "
                         "to the final MLP (fusion.target_xy_to_head)")

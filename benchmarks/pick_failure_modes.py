@@ -55,18 +55,19 @@ def run_episode(policy: Any, env: gym.Env, seed: int) -> dict[str, Any]:
         held_other |= any(base.sim.is_grasping(slot) for slot in others)
         success |= bool(info["is_success"])
         done = terminated or truncated
+    return {"seed": seed, "closes": closes, "first_close": first_close, "target": info["target"],
+            "mode": failure_mode(success, first_close is not None, held_other, held_target)}
+
+
+def failure_mode(success: bool, closed: bool, held_other: bool, held_target: bool) -> str:
+    """The episode's category in ``ORDER``, first match wins."""
     if success:
-        mode = "success"
-    elif first_close is None:
-        mode = "never closed"
-    elif held_other:
-        mode = "grasped another object"
-    elif held_target:
-        mode = "grasped the target, not lifted"
-    else:
-        mode = "closed on nothing"
-    return {"seed": seed, "mode": mode, "closes": closes, "first_close": first_close,
-            "target": info["target"]}
+        return "success"
+    if not closed:
+        return "never closed"
+    if held_other:
+        return "grasped another object"
+    return "grasped the target, not lifted" if held_target else "closed on nothing"
 
 
 def summarise(episodes: list[dict[str, Any]]) -> dict[str, Any]:
