@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +42,11 @@ from seeds import EVAL_SEED  # this folder is on sys.path
 import vla_gym  # noqa: F401  (registers the env ids)
 from vla_gym.evaluation import evaluate
 from vla_gym.jsonfile import write_json
+from vla_gym.policies import VLAPolicy
 from vla_gym.policies.configuration import MINILM
 from vla_gym.training.bc import BCConfig, train_bc
 from vla_gym.training.demos import Demos
+from vla_gym.training.refit import refit_head
 
 
 def preset_for(env_id: str, preset: str) -> str:
@@ -62,24 +65,42 @@ def env_kwargs_for(env_id: str, args: argparse.Namespace) -> dict[str, Any]:
     return kwargs
 
 
+def record_demos(env_id: str, args: argparse.Namespace, env_kwargs: dict[str, Any]
+                 ) -> tuple[Demos, Demos | None, dict[str, Any]]:
+    """(all demos, the ones the head is refitted on alone or None, the demo settings)."""
+    # Knocked grasps and gripper blips need a gripper: only the arm (tabletop ids) has one.
+    has_gripper = "/Tabletop" in env_id
+    settings: dict[str, Any] = {"grasp_misses": args.grasp_misses if has_gripper else 0.0,
+                                "grip_blips": args.grip_blips if has_gripper else 0.0,
+                                "expert_options": {}}
+    if args.expert_lift_speed:
+        settings["expert_options"]["lift_speed"] = args.expert_lift_speed
+    if not args.expert_square_cubes and has_gripper:
+        settings["expert_options"]["square_cubes"] = False
+    keeping = args.head_demos_keep_heading if has_gripper else 0
+    demos = Demos.from_expert(env_id, args.demos - keeping, seed=0, noise=args.noise,
+                              other_targets=args.other_targets,
+                              grounding_scenes=args.grounding_scenes,
+                              relational_grounding=args.relational_grounding, **settings,
+                              **env_kwargs)
+    if not keeping:
+        return demos, None, settings
+    # the last demo seeds, from the expert that keeps its heading over cubes
+    head_demos = Demos.from_expert(
+        env_id, keeping, seed=args.demos - keeping, noise=args.noise,
+        other_targets=args.other_targets, grasp_misses=settings["grasp_misses"],
+        grip_blips=settings["grip_blips"],
+        expert_options={**settings["expert_options"], "square_cubes": False}, **env_kwargs)
+    return demos.with_episodes(head_demos), head_demos, settings
+
+
 def run_one(env_id: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     started = time.perf_counter()
     env_kwargs = env_kwargs_for(env_id, args)
-    # Knocked grasps and gripper blips need a gripper: only the arm (tabletop ids) has one.
+    demos, head_demos, settings = record_demos(env_id, args, env_kwargs)
+    grasp_misses, grip_blips = settings["grasp_misses"], settings["grip_blips"]
+    expert_options = settings["expert_options"]
     has_gripper = "/Tabletop" in env_id
-    grasp_misses = args.grasp_misses if has_gripper else 0.0
-    grip_blips = args.grip_blips if has_gripper else 0.0
-    expert_options: dict[str, Any] = {}
-    if args.expert_lift_speed:
-        expert_options["lift_speed"] = args.expert_lift_speed
-    if not args.expert_square_cubes and has_gripper:
-        expert_options["square_cubes"] = False
-    demos = Demos.from_expert(env_id, args.demos, seed=0, noise=args.noise,
-                              other_targets=args.other_targets,
-                              grounding_scenes=args.grounding_scenes,
-                              grasp_misses=grasp_misses, grip_blips=grip_blips,
-                              relational_grounding=args.relational_grounding,
-                              expert_options=expert_options, **env_kwargs)
     collect_s = time.perf_counter() - started
     changes: dict[str, Any] = {}
     if args.language == "minilm":
@@ -110,6 +131,12 @@ def run_one(env_id: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
                       refit_head_steps=args.refit_head_steps,
                       grounding_warmup_steps=args.grounding_warmup_steps)
     result = train_bc(demos, out / env_id.split("/")[-1], config)
+    head_refit = None
+    if head_demos is not None:  # the head refitted once more, on those demos alone
+        policy = VLAPolicy.from_pretrained(result.policy_dir)
+        head_refit = refit_head(policy, head_demos, args.refit_head_steps or 5000,
+                                seed=args.seed)
+        policy.save_pretrained(result.policy_dir)
     figures: dict[str, Any] = {
         "env_id": env_id, "demos": demos.num_episodes, "transitions": len(demos),
         "collect_seconds": round(collect_s, 1), "train_seconds": round(result.train_seconds, 1),
@@ -125,6 +152,8 @@ def run_one(env_id: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "expert_options": expert_options,
         "target_geometry": args.target_geometry, "refit": result.refit,
         "grounding_warmup_steps": args.grounding_warmup_steps,
+        "head_demos_keep_heading": 0 if head_demos is None else head_demos.num_episodes,
+        "head_refit_on_those": None if head_refit is None else asdict(head_refit),
         "other_target_frames": len(
             demos.grounding_frames) if demos.grounding_frames is not None else 0,
     }
@@ -184,6 +213,10 @@ def main() -> None:
                         default=True, help="tabletop ids: the expert turns the gripper square "
                         "to a cube before grasping it (--no-expert-square-cubes: it closes "
                         "across the cube as it stands, as a heading-blind policy does)")
+    parser.add_argument("--head-demos-keep-heading", type=int, default=0,
+                        help="tabletop ids: the last N of --demos come from the expert that "
+                        "keeps its heading over cubes; after training, the head is refitted "
+                        "on those alone (perception learns from all)")
     parser.add_argument("--target-xy-to-head", action=argparse.BooleanOptionalAction,
                         default=False, help="each view's target-map position goes straight "
                         "to the final MLP (fusion.target_xy_to_head)")
@@ -218,6 +251,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench/bc"))
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    if not 0 <= args.head_demos_keep_heading < args.demos:
+        parser.error(f"--head-demos-keep-heading must be in [0, --demos), got "
+                     f"{args.head_demos_keep_heading}")
     torch.set_num_threads(args.threads)
     envs = args.env or ["vla_gym/TabletopPick-v0", "vla_gym/NavGoTo-v0"]
     report = {"runs": [run_one(env_id, args, args.out) for env_id in envs]}

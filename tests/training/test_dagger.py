@@ -93,6 +93,20 @@ def test_with_episodes_appends_and_refuses_another_env(pick_demos):
         pick_demos.with_episodes(other)
 
 
+def test_with_episodes_keeps_both_sides_grounding_frames():
+    first = Demos.from_expert(PICK, 1, seed=0, image_size=32, other_targets=True)
+    second = Demos.from_expert(PICK, 1, seed=1, image_size=32, other_targets=True)
+    plain = Demos.from_expert(PICK, 1, seed=2, image_size=32)
+    assert first.grounding_frames is not None and second.grounding_frames is not None
+    both = first.with_episodes(second).grounding_frames
+    assert len(both) == len(first.grounding_frames) + len(second.grounding_frames)
+    np.testing.assert_array_equal(both.images[len(first.grounding_frames):],
+                                  second.grounding_frames.images)
+    assert first.with_episodes(plain).grounding_frames is first.grounding_frames
+    assert plain.with_episodes(second).grounding_frames is second.grounding_frames
+    assert plain.with_episodes(plain).grounding_frames is None
+
+
 def test_dagger_rounds_join_the_demos_and_survive_resume(pick_demos, tmp_path):
     trainer = BCTrainer(pick_demos, tmp_path, _config(dagger_episodes=3, dagger_rounds=2))
     result = trainer.run()

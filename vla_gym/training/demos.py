@@ -267,13 +267,15 @@ class Demos:
 
     def with_episodes(self, more: Demos) -> Demos:
         """These demos then ``more``'s episodes (renumbered after these), recorded in the same
-        env; the grounding frames stay these demos'."""
+        env; the grounding frames are these demos' then ``more``'s."""
         if more.env_id != self.env_id or _kwargs_key(more.env_kwargs) != _kwargs_key(
                 self.env_kwargs):
             raise ValueError(f"cannot add episodes of {more.env_id} {more.env_kwargs} to demos "
                              f"of {self.env_id} {self.env_kwargs}")
-        return dataclasses.replace(_concatenate(self, more),
-                                   grounding_frames=self.grounding_frames)
+        frames = [d.grounding_frames for d in (self, more) if d.grounding_frames is not None]
+        joined = frames[0] if len(frames) == 1 else (
+            _concatenate(*frames) if frames else None)
+        return dataclasses.replace(_concatenate(self, more), grounding_frames=joined)
 
     def save(self, path: str | Path) -> Path:
         """The transitions (not the grounding frames) in one compressed ``.npz``; ``load``
