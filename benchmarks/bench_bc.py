@@ -65,11 +65,15 @@ def env_kwargs_for(env_id: str, args: argparse.Namespace) -> dict[str, Any]:
     return kwargs
 
 
+def has_a_gripper(env_id: str) -> bool:
+    """Only the arm (tabletop ids) has a gripper to knock, blip or binarise."""
+    return "/Tabletop" in env_id
+
+
 def record_demos(env_id: str, args: argparse.Namespace, env_kwargs: dict[str, Any]
                  ) -> tuple[Demos, Demos | None, dict[str, Any]]:
     """(all demos, the ones the head is refitted on alone or None, the demo settings)."""
-    # Knocked grasps and gripper blips need a gripper: only the arm (tabletop ids) has one.
-    has_gripper = "/Tabletop" in env_id
+    has_gripper = has_a_gripper(env_id)
     settings: dict[str, Any] = {"grasp_misses": args.grasp_misses if has_gripper else 0.0,
                                 "grip_blips": args.grip_blips if has_gripper else 0.0,
                                 "expert_options": {}}
@@ -98,9 +102,6 @@ def run_one(env_id: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     started = time.perf_counter()
     env_kwargs = env_kwargs_for(env_id, args)
     demos, head_demos, settings = record_demos(env_id, args, env_kwargs)
-    grasp_misses, grip_blips = settings["grasp_misses"], settings["grip_blips"]
-    expert_options = settings["expert_options"]
-    has_gripper = "/Tabletop" in env_id
     collect_s = time.perf_counter() - started
     changes: dict[str, Any] = {}
     if args.language == "minilm":
@@ -120,7 +121,7 @@ def run_one(env_id: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
         changes["geometry"] = {"image_features_to_head": False}
     if args.head_dropout:
         changes.setdefault("head", {})["dropout"] = args.head_dropout
-    if args.binary_gripper and has_gripper:
+    if args.binary_gripper and has_a_gripper(env_id):
         changes.setdefault("head", {})["binary_gripper"] = True
     config = BCConfig(preset=preset_for(env_id, args.preset), steps=args.max_steps,
                       batch_size=args.batch_size, grounding_weight=args.grounding,
@@ -128,14 +129,14 @@ def run_one(env_id: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
                       policy_changes=changes, seed=args.seed, shift=args.shift,
                       dagger_episodes=args.dagger_episodes, dagger_rounds=args.dagger_rounds,
                       precision=args.precision, target_geometry=args.target_geometry,
-                      refit_head_steps=args.refit_head_steps,
+                      # with head demos the one refit is on those alone, after training
+                      refit_head_steps=0 if head_demos is not None else args.refit_head_steps,
                       grounding_warmup_steps=args.grounding_warmup_steps)
     result = train_bc(demos, out / env_id.split("/")[-1], config)
     head_refit = None
-    if head_demos is not None:  # the head refitted once more, on those demos alone
+    if head_demos is not None:
         policy = VLAPolicy.from_pretrained(result.policy_dir)
-        head_refit = refit_head(policy, head_demos, args.refit_head_steps or 5000,
-                                seed=args.seed)
+        head_refit = refit_head(policy, head_demos, args.refit_head_steps, seed=args.seed)
         policy.save_pretrained(result.policy_dir)
     figures: dict[str, Any] = {
         "env_id": env_id, "demos": demos.num_episodes, "transitions": len(demos),
@@ -147,9 +148,8 @@ def run_one(env_id: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(), "env_kwargs": env_kwargs,
         "dart_noise": args.noise, "shift": args.shift, "policy_changes": changes,
         "grounding_scenes": args.grounding_scenes,
-        "relational_grounding": args.relational_grounding, "grasp_misses": grasp_misses,
-        "grip_blips": grip_blips, "precision": args.precision,
-        "expert_options": expert_options,
+        "relational_grounding": args.relational_grounding, **settings,
+        "precision": args.precision,
         "target_geometry": args.target_geometry, "refit": result.refit,
         "grounding_warmup_steps": args.grounding_warmup_steps,
         "head_demos_keep_heading": 0 if head_demos is None else head_demos.num_episodes,
@@ -254,6 +254,9 @@ def main() -> None:
     if not 0 <= args.head_demos_keep_heading < args.demos:
         parser.error(f"--head-demos-keep-heading must be in [0, --demos), got "
                      f"{args.head_demos_keep_heading}")
+    if args.head_demos_keep_heading and args.refit_head_steps < 1:
+        parser.error("--head-demos-keep-heading refits the head on those demos: it needs "
+                     "--refit-head-steps")
     torch.set_num_threads(args.threads)
     envs = args.env or ["vla_gym/TabletopPick-v0", "vla_gym/NavGoTo-v0"]
     report = {"runs": [run_one(env_id, args, args.out) for env_id in envs]}

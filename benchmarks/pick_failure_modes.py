@@ -9,13 +9,16 @@ bench's own. The
 categories, first match wins: success; never closed (the gripper never got a closing command);
 grasped another object; grasped the target but never lifted it (or lost it); closed on nothing.
 For each, the median offset of the gripper from the target's centre when it first closed
-(horizontal distance and height above) and the median count of closing commands.
+(horizontal distance and height above) and the median count of closing commands. Each
+episode's row in ``--json`` also has the instruction, the target's shape and the gripper's
+opening at the end (a cube held jammed across its edges stays 5-5.6 cm open).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +30,18 @@ from seeds import EVAL_SEED, VALIDATION_SEED  # this folder is on sys.path
 import vla_gym  # noqa: F401  (registers the env ids)
 from vla_gym.jsonfile import write_json
 from vla_gym.rollout import policy_env_kwargs, wilson_interval
+from vla_gym.types import ARM_STATE_FIELDS
 
 ORDER = ("success", "never closed", "grasped another object",
          "grasped the target, not lifted", "closed on nothing")
+OPENING = ARM_STATE_FIELDS.index("gripper_opening")
 
 
-def run_episode(policy: Any, env: gym.Env, seed: int) -> dict[str, Any]:
+def run_episode(policy: Any, env: gym.Env, seed: int,
+                observe: Callable[[dict[str, Any], np.ndarray], None] | None = None
+                ) -> dict[str, Any]:
+    """One episode from ``reset(seed=seed)``, sorted into ``ORDER``; ``observe(obs, action)``
+    sees each step's observation and the policy's action before the env steps."""
     base = env.unwrapped
     obs, info = env.reset(seed=seed)
     policy.reset()
@@ -44,6 +53,8 @@ def run_episode(policy: Any, env: gym.Env, seed: int) -> dict[str, Any]:
     done = False
     while not done:
         action = policy.act(obs)
+        if observe is not None:
+            observe(obs, action)
         if action[grip] > 0 and not closing:
             closes += 1
             if first_close is None:
@@ -56,6 +67,8 @@ def run_episode(policy: Any, env: gym.Env, seed: int) -> dict[str, Any]:
         success |= bool(info["is_success"])
         done = terminated or truncated
     return {"seed": seed, "closes": closes, "first_close": first_close, "target": info["target"],
+            "shape": base.episode.target.shape, "instruction": str(obs["instruction"]),
+            "opening_at_end_cm": 100 * float(obs["state"][OPENING]),
             "mode": failure_mode(success, first_close is not None, held_other, held_target)}
 
 

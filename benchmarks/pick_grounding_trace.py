@@ -9,8 +9,6 @@ view's target map lifted onto the table; this script lifts the same points and n
 object nearest to each. Episodes are sorted as in ``pick_failure_modes.py``; per category it
 counts how often the main view names the target on the first frame, on every frame before
 the first close, and at the first close, and the same for the wrist view at the first close.
-Each episode's row in ``--json`` also has the target's shape and the gripper's opening at the
-end (a cube held jammed across its edges stays 5-5.6 cm open).
 """
 
 from __future__ import annotations
@@ -23,7 +21,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from pick_failure_modes import ORDER, failure_mode  # this folder is on sys.path
+from pick_failure_modes import ORDER, run_episode  # this folder is on sys.path
 from seeds import EVAL_SEED, VALIDATION_SEED
 
 import vla_gym  # noqa: F401  (registers the env ids)
@@ -32,9 +30,6 @@ from vla_gym.policies.geometry import EE_POS, UNIT_M
 from vla_gym.policies.preprocessing import add_batch_dim
 from vla_gym.rollout import policy_env_kwargs
 from vla_gym.training.demos import RELATIONAL_PHRASE
-from vla_gym.types import ARM_STATE_FIELDS
-
-OPENING = ARM_STATE_FIELDS.index("gripper_opening")
 
 
 def nearest(point: np.ndarray, objects: dict[str, np.ndarray]) -> str:
@@ -52,41 +47,36 @@ def lifted_points(policy: Any, obs: dict[str, Any]) -> tuple[np.ndarray, ...]:
     return tuple(ee[:2] + lifted[3 * i: 3 * i + 2] * UNIT_M for i in range(len(geometry.views)))
 
 
-def run_episode(policy: Any, env: gym.Env, seed: int) -> dict[str, Any]:
+def trace_episode(policy: Any, env: gym.Env, seed: int) -> dict[str, Any]:
+    """``pick_failure_modes.run_episode``'s row plus which object each view's lifted point
+    names, frame by frame until the first close (perception runs again for those frames only:
+    after the close the grasp, not the grounding, decides)."""
     base = env.unwrapped
-    obs, info = env.reset(seed=seed)
-    policy.reset()
     grip = base.action_contract.grip_index
-    target = base.episode.target.slot
-    slots = [o.slot for o in base.sim.layout.objects]
-    start = {slot: base.sim.object_pos(slot).copy() for slot in slots}
-    main_names, at_close, held = [], None, set()
-    success, done = False, False
+    start: dict[str, np.ndarray] = {}
+    main_names: list[str] = []
+    at_close: list[str] = []
+
+    def observe(obs: dict[str, Any], action: np.ndarray) -> None:
+        if at_close:
+            return
+        if not start:  # the episode's first frame: where every object stands
+            start.update({o.slot: base.sim.object_pos(o.slot).copy()
+                          for o in base.sim.layout.objects})
+        names = [nearest(p, start) for p in lifted_points(policy, obs)]
+        main_names.append(names[0])
+        if action[grip] > 0:
+            at_close.extend(names)
+
     with torch.inference_mode():
-        while not done:
-            points = lifted_points(policy, obs)
-            names = [nearest(p, start) for p in points]
-            action = policy.act(obs)
-            if at_close is None:
-                main_names.append(names[0])
-                if action[grip] > 0:
-                    at_close = names
-            obs, _, terminated, truncated, info = env.step(action)
-            held |= {slot for slot in slots if base.sim.is_grasping(slot)}
-            success |= bool(info["is_success"])
-            done = terminated or truncated
-    instruction = str(obs["instruction"])
-    return {"seed": seed, "mode": failure_mode(success, at_close is not None,
-                                               bool(held - {target}), target in held),
-            "instruction": instruction, "relational": bool(RELATIONAL_PHRASE.search(instruction)),
-            "shape": base.episode.target.shape,
-            "opening_at_end_cm": 100 * float(obs["state"][OPENING]),
+        row = run_episode(policy, env, seed, observe)
+    target = base.episode.target.slot
+    return {**row, "relational": bool(RELATIONAL_PHRASE.search(row["instruction"])),
             "main_first": main_names[0] == target,
             "main_all_before_close": all(n == target for n in main_names),
             "main_share_before_close": float(np.mean([n == target for n in main_names])),
-            "main_at_close": None if at_close is None else at_close[0] == target,
-            "wrist_at_close": (None if at_close is None or len(at_close) < 2
-                               else at_close[1] == target)}
+            "main_at_close": at_close[0] == target if at_close else None,
+            "wrist_at_close": at_close[1] == target if len(at_close) > 1 else None}
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -127,7 +117,7 @@ def main() -> None:
     env = gym.make("vla_gym/TabletopPick-v0", image_size=policy.config.vision.image_size,
                    **policy_env_kwargs(policy))
     first = EVAL_SEED if args.scenes == "bench" else VALIDATION_SEED
-    rows = [run_episode(policy, env, first + j) for j in range(args.episodes)]
+    rows = [trace_episode(policy, env, first + j) for j in range(args.episodes)]
     env.close()
     table = summarise(rows)
     for group, entry in table.items():

@@ -44,7 +44,7 @@ def collect(
     """Record scripted-expert episodes as a Minari dataset (resumable; kills keep episodes)."""
     import vla_gym
     from vla_gym.data import collect_demos
-    from vla_gym.data.collect import check_expert_options
+    from vla_gym.data.collect import ExpertOptionsError
     from vla_gym.data.layout import (
         CorruptDatasetError,
         DatasetLockedError,
@@ -61,18 +61,15 @@ def collect(
         if value not in valid:
             raise typer.BadParameter(f"{value!r} is not one of {valid}", param_hint=hint)
     mode = None if async_envs is None else ("async" if async_envs else "sync")
-    options = _expert_options(expert_option or [])
-    if options:
-        try:
-            check_expert_options(env, options)
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--expert-option") from None
     try:
         summary = collect_demos(
             env, episodes, out, num_envs=num_envs, seed=seed, vectorization_mode=mode,
             jpeg=jpeg, env_kwargs={"image_size": image_size, "instruction_split": split,
                         "obs_mode": obs_mode, "cameras": _cameras(cameras)},
-            expert_options=options, progress=sys.stderr.isatty())
+            expert_options=_expert_options(expert_option or []),
+            progress=sys.stderr.isatty())
+    except ExpertOptionsError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--expert-option") from None
     except (IncompatibleDatasetError, CorruptDatasetError, DatasetLockedError) as exc:
         raise typer.BadParameter(str(exc), param_hint="--out") from None
     _report(summary, out)

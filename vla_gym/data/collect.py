@@ -237,14 +237,20 @@ def _env_spec(env_id: str, kwargs: dict[str, Any]) -> gym.envs.registration.EnvS
     return replace(spec, kwargs={**spec.kwargs, **kwargs})
 
 
+class ExpertOptionsError(ValueError):
+    """Options the env's scripted expert does not take (the message names the valid ones)."""
+
+
 def check_expert_options(env_id: str, options: dict[str, Any]) -> None:
-    """Raise ``ValueError`` (naming the valid options) unless ``env_id``'s expert takes
-    ``options``: here, before any worker starts or anything is written."""
+    """Raise :class:`ExpertOptionsError` unless ``env_id``'s expert takes ``options``: here,
+    before any worker starts or anything is written."""
     from vla_gym.experts import make_expert
 
     env = gym.make(env_id, obs_mode="state")
     try:
         make_expert(env, **options)
+    except ValueError as exc:
+        raise ExpertOptionsError(str(exc)) from None
     finally:
         env.close()
 
